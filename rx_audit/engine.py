@@ -29,17 +29,18 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import durable_rules_engine as durable
+import orjson
 
 from rx_audit.errors import EngineError, PrescriptionError, RxAuditError
 from rx_audit.models import AuditResult, Finding, Prescription, RecordError, parse_prescription
-from rx_audit.rulebook import SEVERITY_RANK, CompiledRule, Rulebook, load_rulebook, normalise_name
+from rx_audit.rulebook import SEVERITY_RANK, CompiledRule, Drug, Rulebook, load_rulebook, normalise_name
 from rx_audit.units import (
     TIMES_PER_DAY,
-    canonical_unit,
     dose_in_unit,
     icd_prefixes,
     normalise_form,
@@ -65,6 +66,7 @@ class _Registered:
         self.handles: dict[str, int] = {}
         self.shards: dict[str, list[str]] = defaultdict(list)
         self.closed = False
+        self.fields = rulebook.fields_read()
         definitions = rulebook.ruleset_definitions()
         with _DURABLE_LOCK:
             try:
@@ -84,7 +86,10 @@ class _Registered:
     def run(self, logical: str, facts: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """Assert ``facts`` into every shard of ``logical``; return (rule name, fact) fired; retract."""
         fired: list[tuple[str, dict[str, Any]]] = []
-        payload = json.dumps(facts, ensure_ascii=False)
+        # A fact carries only the fields its ruleset reads: durable parses every byte we send.
+        # Non-ASCII stays raw UTF-8: durable_rules compares the bytes and does not decode \u escapes.
+        fields = self.fields[logical]
+        payload = orjson.dumps([{k: v for k, v in fact.items() if k in fields} for fact in facts]).decode()
         for shard in self.shards[logical]:
             handle = self.handles[shard]
             _, state = durable.assert_facts(handle, payload)
@@ -92,7 +97,7 @@ class _Registered:
                 started = durable.start_action_for_state(handle, state)
                 message = started[1] if started else None
                 while message:
-                    for rule_name, frame in json.loads(message).items():
+                    for rule_name, frame in orjson.loads(message).items():
                         fired.append((rule_name, frame["m"]))
                     message = durable.complete_and_start_action(handle, state)
             finally:
@@ -112,10 +117,11 @@ class _Registered:
 
 @dataclass
 class _Facts:
-    rx: dict[str, Any]
-    items: list[dict[str, Any]]
-    pairs: list[dict[str, Any]]
-    by_item: dict[str, Any]
+    """What one prescription asserts: facts per ruleset, plus what findings show but rules never read."""
+
+    batches: dict[str, list[dict[str, Any]]]
+    dx_codes: list[str]
+    allergy_text: dict[str, str]
 
 
 class Auditor:
@@ -206,26 +212,43 @@ def _put(fact: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else round(float(value), 6)
+    """Integers stay integers (evidence reads 500, not 500.0); others keep 6 decimals."""
+    if isinstance(value, int):
+        return value
+    return int(value) if value.is_integer() else round(value, 6)
+
+
+@lru_cache(maxsize=4096)
+def _form(text: str) -> tuple[str, str] | None:
+    form = normalise_form(text)
+    return (form.group, form.release) if form else None
+
+
+_route = lru_cache(maxsize=1024)(normalise_route)
+_frequency = lru_cache(maxsize=1024)(normalise_frequency)
 
 
 def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
+    """Normalise a prescription into durable facts; every value a rule compares is checked here."""
     patient = prescription.patient
     number = next(_FACT_NUMBERS)
+    # Scalars every scope may read (custom rules included).
     common: dict[str, Any] = {"n": number, "visit": prescription.visit_type}
     age = prescription.age_years_at_issue()
-    _put(common, "age", _number(age) if age is not None else None)
-    _put(common, "sex", patient.sex if patient.sex in ("M", "F") else None)
-    _put(common, "weight", _number(patient.weight_kg) if patient.weight_kg is not None else None)
-    _put(common, "egfr", _number(patient.egfr) if patient.egfr is not None else None)
-    if patient.pregnant is not None:
-        common["pregnant"] = int(patient.pregnant)
-    elif patient.sex == "M":
-        common["pregnant"] = 0
-    if patient.lactating is not None:
-        common["lactating"] = int(patient.lactating)
-    elif patient.sex == "M":
-        common["lactating"] = 0
+    if age is not None:
+        common["age"] = _number(age)
+    if patient.sex in ("M", "F"):
+        common["sex"] = patient.sex
+    if patient.weight_kg is not None:
+        common["weight"] = _number(patient.weight_kg)
+    if patient.egfr is not None:
+        common["egfr"] = _number(patient.egfr)
+    for flag in ("pregnant", "lactating"):
+        value = getattr(patient, flag)
+        if value is not None:
+            common[flag] = int(value)
+        elif patient.sex == "M":
+            common[flag] = 0
     _put(common, "hepatic", patient.hepatic_impairment)
     _put(common, "facility", prescription.facility.id)
     _put(common, "facility_level", prescription.facility.level)
@@ -237,60 +260,58 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
     for code in dx_codes:
         dx_tokens.extend(icd_prefixes(code))
         dx_tokens.append("=" + normalise_icd(code))
-    common["dx"] = list(dict.fromkeys(dx_tokens))
-    common["dx_codes"] = dx_codes
     common["dx_count"] = len(dx_codes)
 
     allergy_ids: set[str] = set()
     allergy_text: dict[str, str] = {}
     for text in patient.allergies:
-        key = normalise_name(text)
-        for class_id in rulebook.allergy_names.get(key, []):
-            allergy_ids.add(class_id)
-            allergy_text.setdefault(class_id, text)
+        found = list(rulebook.allergy_names.get(normalise_name(text), []))
         drug = rulebook.drug_for(text)
         if drug is not None:
-            for allergy_id in (drug.id, *drug.allergy_classes):
-                allergy_ids.add(allergy_id)
-                allergy_text.setdefault(allergy_id, text)
-    common["allergies"] = sorted(allergy_ids)
+            found.extend((drug.id, *drug.allergy_classes))
+        for allergy_id in found:
+            allergy_ids.add(allergy_id)
+            allergy_text.setdefault(allergy_id, text)
 
-    rx = {"t": "rx", **common, "item_count": len(prescription.items),
-          "allergies_recorded": int("allergies" in (patient.model_fields_set or set()))}
-    items: list[dict[str, Any]] = []
-    by_item: dict[str, Any] = {"__allergy_text__": allergy_text}
+    batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    global_batch = batches["global"]
+    global_batch.append({
+        "t": "rx", **common, "item_count": len(prescription.items),
+        "allergies_recorded": int("allergies" in patient.model_fields_set),
+    })
+    # Drug rulesets also read diagnoses and allergies; the global ruleset never does.
+    clinical = {**common, "dx": list(dict.fromkeys(dx_tokens)), "allergies": sorted(allergy_ids)}
+    known: list[tuple[dict[str, Any], Drug]] = []
     for item in prescription.items:
         drug = rulebook.drug_for(item.drug, item.atc)
-        fact: dict[str, Any] = {"t": "item", **common, "item": item.id, "drug_text": item.drug}
-        fact["known"] = int(drug is not None)
-        fact["has_dose"] = int(item.dose is not None)
-        fact["has_freq"] = int(bool(item.frequency))
-        fact["has_route"] = int(bool(item.route))
-        fact["has_days"] = int(item.days is not None)
-        fact["has_form"] = int(bool(item.form))
-        raw: dict[str, str] = {}
+        fact: dict[str, Any] = {
+            "t": "item", "item": item.id, "drug_text": item.drug, "known": int(drug is not None),
+            "has_dose": int(item.dose is not None), "has_freq": int(bool(item.frequency)),
+            "has_route": int(bool(item.route)), "has_days": int(item.days is not None),
+            "has_form": int(bool(item.form)),
+        }
         if item.form:
-            form = normalise_form(item.form)
+            form = _form(item.form)
             if form is not None:
-                fact["form_group"] = form.group
-                fact["release"] = form.release
+                fact["form_group"], fact["release"] = form
             else:
-                raw["raw_form"] = item.form
+                fact["raw_form"] = item.form
             fact["form"] = item.form
         if item.route:
-            route = normalise_route(item.route)
-            _put(fact, "route", route)
-            if route is None:
-                raw["raw_route"] = item.route
+            route = _route(item.route)
+            if route is not None:
+                fact["route"] = route
+            else:
+                fact["raw_route"] = item.route
         times = None
         if item.frequency:
-            frequency = normalise_frequency(item.frequency)
-            _put(fact, "freq", frequency)
-            if frequency is None:
-                raw["raw_freq"] = item.frequency
-            else:
+            frequency = _frequency(item.frequency)
+            if frequency is not None:
+                fact["freq"] = frequency
                 times = TIMES_PER_DAY[frequency]
                 fact["times_per_day"] = _number(times)
+            else:
+                fact["raw_freq"] = item.frequency
         if item.days is not None:
             fact["days"] = _number(item.days)
         if drug is not None:
@@ -300,37 +321,39 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
                 strength = (item.strength.value, item.strength.unit) if item.strength else None
                 dose = dose_in_unit(item.dose.value, item.dose.unit, drug.unit, strength)
                 if dose is None:
-                    raw["raw_dose"] = f"{_number(item.dose.value)}{item.dose.unit}" + (
+                    fact["raw_dose"] = f"{_number(item.dose.value)}{item.dose.unit}" + (
                         f"（规格 {_number(item.strength.value)}{item.strength.unit}）" if item.strength else "（无规格）"
                     )
                 else:
                     fact["dose"] = _number(dose)
-                    fact["unit"] = canonical_unit(drug.unit)
                     if times is not None:
                         fact["daily"] = _number(dose * times)
-                    if "weight" in fact:
-                        fact["dose_per_kg"] = _number(dose / fact["weight"])
+                    if "weight" in common:
+                        fact["dose_per_kg"] = _number(dose / common["weight"])
                         if "daily" in fact:
-                            fact["daily_per_kg"] = _number(fact["daily"] / fact["weight"])
+                            fact["daily_per_kg"] = _number(fact["daily"] / common["weight"])
+            known.append((fact, drug))
+            batches[f"drug:{drug.id}"].append({**clinical, **fact})
         else:
             fact["drug"] = ""
-        fact.update(raw)
-        items.append(fact)
-        by_item[item.id or ""] = item
+        global_batch.append({**common, **fact})
 
-    pairs: list[dict[str, Any]] = []
-    known = [fact for fact in items if fact["known"]]
-    for index, first in enumerate(known):
-        for second in known[index + 1 :]:
-            first_drug, second_drug = rulebook.drugs[first["drug"]], rulebook.drugs[second["drug"]]
-            pairs.append({
+    for index, (first, first_drug) in enumerate(known):
+        for second, second_drug in known[index + 1 :]:
+            pair = {
                 "t": "pair", "n": number, "a_item": first["item"], "b_item": second["item"],
                 "a_drug": first_drug.id, "b_drug": second_drug.id,
-                "a_keys": [first_drug.id, *(f"class:{c}" for c in first_drug.classes)],
-                "b_keys": [second_drug.id, *(f"class:{c}" for c in second_drug.classes)],
+                "a_keys": rulebook.pair_keys[first_drug.id], "b_keys": rulebook.pair_keys[second_drug.id],
                 "same": int(first_drug.id == second_drug.id),
-            })
-    return _Facts(rx=rx, items=items, pairs=pairs, by_item=by_item)
+            }
+            if rulebook.pairs_in_global:
+                global_batch.append(pair)
+            else:
+                global_batch.append(pair)  # duplicate.same_ingredient lives in the global ruleset
+                for key in dict.fromkeys([*pair["a_keys"], *pair["b_keys"]]):
+                    if f"pair:{key}" in rulebook.rulesets or f"pair:{key}#0" in rulebook.rulesets:
+                        batches[f"pair:{key}"].append(pair)
+    return _Facts(batches=batches, dx_codes=dx_codes, allergy_text=allergy_text)
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -340,21 +363,9 @@ def _evaluate(
     registered: _Registered, facts: _Facts
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
     """Run every ruleset a fact concerns; a ruleset that fails is reported, the others still run."""
-    batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    batches["prescription"].append(facts.rx)
-    for fact in facts.items:
-        batches["items"].append(fact)
-        if fact["known"]:
-            batches[f"drug:{fact['drug']}"].append(fact)
-    for pair in facts.pairs:
-        keys = dict.fromkeys(["same", *pair["a_keys"], *pair["b_keys"]])
-        for key in keys:
-            logical = f"pair:{key}"
-            if registered.has(logical):
-                batches[logical].append(pair)
     fired: list[tuple[str, dict[str, Any]]] = []
     failures: list[tuple[str, str]] = []
-    for logical, batch in batches.items():
+    for logical, batch in facts.batches.items():
         if not registered.has(logical):
             continue
         try:
@@ -404,7 +415,6 @@ def _result(
     seen: set[tuple[str, str | None]] = set()
     twins: dict[tuple[str | None, str], tuple[CompiledRule, set[str], dict[str, Any]]] = {}
     structural: dict[str | None, set[str]] = defaultdict(set)
-    allergy_text: dict[str, str] = facts.by_item["__allergy_text__"]
 
     for rule_name, fact in fired:
         rule = rulebook.rules[rule_name]
@@ -420,12 +430,12 @@ def _result(
         if identity in seen:
             continue
         seen.add(identity)
-        findings.append(_finding(rule, fact, item, rulebook, allergy_text))
+        findings.append(_finding(rule, fact, item, rulebook, facts))
 
     for (item, missing), (rule, covered, fact) in twins.items():
         if missing in structural.get(item, set()):
             continue
-        finding = _finding(rule, fact, item, rulebook, allergy_text, covers=sorted(covered))
+        finding = _finding(rule, fact, item, rulebook, facts, covers=sorted(covered))
         findings.append(finding)
 
     for logical, error in failures:
@@ -449,13 +459,13 @@ def _finding(
     fact: dict[str, Any],
     item: str | None,
     rulebook: Rulebook,
-    allergy_text: dict[str, str],
+    facts: _Facts,
     covers: list[str] | None = None,
 ) -> Finding:
     evidence: dict[str, Any] = {}
     for name in rule.evidence_fields:
         if name == "dx":
-            evidence["diagnoses"] = fact.get("dx_codes", [])
+            evidence["diagnoses"] = facts.dx_codes
         elif name in fact:
             evidence[name] = _display(fact[name])
     limits = {k: _display(v) for k, v in rule.limits.items() if k not in ("value_field", "allergy_keys")}
@@ -467,13 +477,14 @@ def _finding(
     values.update(evidence)
     drug = rulebook.drugs.get(fact.get("drug", "")) if fact.get("drug") else None
     values["drug"] = drug.name if drug else fact.get("drug_text", "")
-    values["dx"] = "、".join(fact.get("dx_codes", [])) or "无"
+    values["dx"] = "、".join(facts.dx_codes) or "无"
     value_field = rule.limits.get("value_field")
     if value_field and value_field in fact:
         values["value"] = _display(fact[value_field])
         evidence["value"] = _display(fact[value_field])
     if "allergy_keys" in rule.limits:
-        matched = [allergy_text.get(key, key) for key in rule.limits["allergy_keys"] if key in fact.get("allergies", [])]
+        matched = [facts.allergy_text.get(key, key) for key in rule.limits["allergy_keys"]
+                   if key in fact.get("allergies", [])]
         values["allergy"] = "、".join(dict.fromkeys(matched)) or "该药"
         evidence["allergies"] = list(dict.fromkeys(matched))
     if rule.scope == "pair":

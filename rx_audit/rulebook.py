@@ -473,15 +473,40 @@ class Rulebook:
     class_names: dict[str, str]
     examples: list[RuleExample]
     warnings: list[str]
+    pairs_in_global: bool = True
+
+    pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
+    _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pair_keys = {d.id: [d.id, *(f"class:{c}" for c in d.classes)] for d in self.drugs.values()}
 
     def drug_for(self, text: str, atc: str | None = None) -> Drug | None:
+        """The drug an HIS name (Chinese, English, synonym) or ATC code means; ``None`` if unknown."""
+        key = (text, atc)
+        if key in self._lookups:
+            return self._lookups[key]
         drug_id = self.names.get(normalise_name(text))
         if drug_id is None and atc:
             drug_id = self.names.get(normalise_name(atc))
-        return self.drugs.get(drug_id) if drug_id else None
+        drug = self.drugs.get(drug_id) if drug_id else None
+        if len(self._lookups) < 100_000:  # bounded: free-text names from a large replay
+            self._lookups[key] = drug
+        return drug
 
     def rules_by_id(self) -> dict[str, CompiledRule]:
         return {rule.id: rule for rule in self.rules.values()}
+
+    def fields_read(self) -> dict[str, frozenset[str]]:
+        """Per logical ruleset, the fact fields its rules compare or show: all a fact needs to carry."""
+        fields: dict[str, set[str]] = defaultdict(lambda: set(_ALWAYS_CARRIED))
+        for name, rule_names in self.rulesets.items():
+            logical = name.split("#", 1)[0]
+            for rule_name in rule_names:
+                rule = self.rules[rule_name]
+                fields[logical].update(_condition_fields(rule.condition))
+                fields[logical].update(rule.evidence_fields)
+        return {name: frozenset(value) for name, value in fields.items()}
 
     def ruleset_definitions(self) -> dict[str, dict[str, Any]]:
         """The JSON definitions handed to durable_rules, one per (sharded) ruleset."""
@@ -489,6 +514,28 @@ class Rulebook:
             name: {rule_name: {"all": [{"m": self.rules[rule_name].condition}]} for rule_name in rule_names}
             for name, rule_names in self.rulesets.items()
         }
+
+
+# Identity of a fact: never dropped, so two equal items of one prescription stay two facts.
+_ALWAYS_CARRIED = ("t", "n", "item", "a_item", "b_item", "drug", "a_drug", "b_drug")
+
+
+def _condition_fields(condition: Any) -> set[str]:
+    """The fact fields a durable_rules condition reads."""
+    found: set[str] = set()
+    if isinstance(condition, list):
+        for part in condition:
+            found |= _condition_fields(part)
+    elif isinstance(condition, dict):
+        for key, value in condition.items():
+            if key in ("$and", "$or"):
+                found |= _condition_fields(value)
+            elif key.startswith("$"):
+                if isinstance(value, dict):
+                    found.update(name for name in value if not name.startswith("$"))
+            else:
+                found.add(key)
+    return found
 
 
 _NAME_STRIP = re.compile(r"[\s\-_·・()（）]")
@@ -1199,6 +1246,13 @@ def load_rulebook(root: str | Path) -> Rulebook:
     for class_id, spec in allergy_specs.items():
         for alias in [class_id, spec.name, *spec.names]:
             allergy_names[normalise_name(alias)].append(class_id)
+    # With a small rulebook every pair rule fits beside the global rules: one durable call
+    # instead of one per drug or class key. A large rulebook keeps pair rules keyed.
+    pair_rules = sum(len(names) for key, names in compiler.rulesets.items() if key.startswith("pair:"))
+    pairs_in_global = pair_rules + len(compiler.rulesets["global"]) <= MAX_RULES_PER_RULESET
+    if pairs_in_global:
+        for key in [key for key in compiler.rulesets if key.startswith("pair:")]:
+            compiler.rulesets["global"].extend(compiler.rulesets.pop(key))
     rulesets = _shard(compiler.rulesets)
     return Rulebook(
         root=root,
@@ -1212,6 +1266,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
         class_names={name: spec.name for name, spec in classes.items()},
         examples=examples,
         warnings=compiler.warnings,
+        pairs_in_global=pairs_in_global,
     )
 
 
@@ -1258,7 +1313,7 @@ def _compile_global_rules(
         ("sex", "处方缺少患者性别：性别与妊娠相关规则无法核查"),
     ):
         compiler.add(
-            "prescription",
+            "global",
             CompiledRule(
                 id=f"completeness.missing.{missing}", category="completeness", severity="warning",
                 message=message, source=where, condition=_all(_eq("t", "rx"), _missing(missing)),
@@ -1266,7 +1321,7 @@ def _compile_global_rules(
             ),
         )
     compiler.add(
-        "prescription",
+        "global",
         CompiledRule(
             id="completeness.missing.diagnosis", category="completeness", severity="warning",
             message="处方无临床诊断：适应证无法审核", source=where,
@@ -1275,7 +1330,7 @@ def _compile_global_rules(
     )
     if settings.missing_allergy_info:
         compiler.add(
-            "prescription",
+            "global",
             CompiledRule(
                 id="completeness.missing.allergies", category="completeness", severity="info",
                 message="未记录过敏史（无过敏请写空列表）：过敏禁忌无法核查", source=where,
@@ -1287,7 +1342,7 @@ def _compile_global_rules(
     # Item-level completeness, written on the prescription itself (处方书写规则).
     writing = "处方管理办法 第六条：药品用法用量应当按照药品说明书规定的常规用法用量书写"
     compiler.add(
-        "items",
+        "global",
         CompiledRule(
             id="completeness.unknown_drug", category="completeness", severity="info",
             message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
@@ -1298,7 +1353,7 @@ def _compile_global_rules(
     for raw_field, label_zh in (("has_dose", "剂量"), ("has_freq", "用药频次"), ("has_route", "给药途径"),
                                 ("has_days", "用药天数")):
         compiler.add(
-            "items",
+            "global",
             CompiledRule(
                 id=f"completeness.missing.{raw_field.removeprefix('has_')}", category="completeness",
                 severity="warning", message=f"药品{{drug_text}}未写{label_zh}", source=where,
@@ -1312,7 +1367,7 @@ def _compile_global_rules(
                                           ("form", "无法识别的剂型", "has_form")):
         fact_field = "form_group" if unusable == "form" else unusable
         compiler.add(
-            "items",
+            "global",
             CompiledRule(
                 id=f"completeness.unusable.{unusable}", category="completeness", severity="warning",
                 message=f"药品{{drug_text}}：{label_zh}：{{raw_{unusable}}}", source=where,
@@ -1321,7 +1376,7 @@ def _compile_global_rules(
             ),
         )
     compiler.add(
-        "pair:same",
+        "global",
         CompiledRule(
             id="duplicate.same_ingredient", category="duplicate", severity="warning",
             message="同一药品{a}重复开具", source=where,
@@ -1336,7 +1391,7 @@ def _compile_global_rules(
         source = compiler.where(settings_path, limit.line or line)
         chronic_max = limit.chronic_drug_max_days
         compiler.add(
-            "items",
+            "global",
             CompiledRule(
                 id=f"duration.{visit}", category="duration", severity=limit.severity,
                 message=f"{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天", source=source,
@@ -1347,7 +1402,7 @@ def _compile_global_rules(
         )
         if chronic_max:
             compiler.add(
-                "items",
+                "global",
                 CompiledRule(
                     id=f"duration.{visit}_chronic_drug", category="duration", severity=limit.severity,
                     message=f"慢性病用药{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天",
@@ -1364,7 +1419,7 @@ def _compile_global_rules(
                                path, spec.line)
         kind = "item" if spec.scope == "item" else "rx"
         compiler.add(
-            "items" if spec.scope == "item" else "prescription",
+            "global",
             CompiledRule(
                 id=f"custom.{spec.id}", category=spec.category, severity=spec.severity, message=spec.message,
                 source=compiler.where(path, spec.line),

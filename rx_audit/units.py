@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 # --- amounts -------------------------------------------------------------------------------
 
@@ -31,6 +32,7 @@ COUNT_UNITS = frozenset({
 })
 
 
+@lru_cache(maxsize=1024)
 def canonical_unit(unit: str) -> str:
     """``'MCG'`` → ``'ug'``, ``'毫克'`` → ``'mg'``, ``'片'`` → ``'片'``; unknown units come back stripped."""
     text = unicodedata.normalize("NFKC", unit).strip()
@@ -217,7 +219,8 @@ def normalise_icd(code: str) -> str:
     return _ICD_CLEAN.sub("", unicodedata.normalize("NFKC", code).upper())
 
 
-def icd_prefixes(code: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def icd_prefixes(code: str) -> tuple[str, ...]:
     """Every prefix of a normalised code a rule can name: ``'E11900'`` → E, E1, E11, E119, E1190, E11900."""
     normalised = normalise_icd(code)
-    return [normalised[:length] for length in range(1, len(normalised) + 1)]
+    return tuple(normalised[:length] for length in range(1, len(normalised) + 1))
