@@ -69,16 +69,25 @@ class _Registered:
         self.fields = rulebook.fields_read()
         definitions = rulebook.ruleset_definitions()
         with _DURABLE_LOCK:
+            for name, definition in definitions.items():
+                self.handles[name] = self._create(name, json.dumps(definition, ensure_ascii=False))
+                self.shards[name.split("#", 1)[0]].append(name)
+
+    def _create(self, name: str, payload: str) -> int:
+        """Register one ruleset, retrying under a fresh name when durable_rules refuses it.
+
+        durable_rules 2.0.28 now and then refuses a valid ruleset with error 102, depending on
+        the rulesets registered before it and on the name (about 1 in 200 here); the same
+        definition under another name is accepted. A definition refused 20 times is an error.
+        """
+        last: Exception | None = None
+        for attempt in range(20):
             try:
-                for name, definition in definitions.items():
-                    handle = durable.create_ruleset(
-                        f"rx{self.generation}:{name}", json.dumps(definition, ensure_ascii=False)
-                    )
-                    self.handles[name] = handle
-                    self.shards[name.split("#", 1)[0]].append(name)
-            except Exception as error:
-                self.close()
-                raise EngineError(f"durable_rules refused ruleset {name}: {error}") from error
+                return int(durable.create_ruleset(f"rx{self.generation}:{name}~{attempt}", payload))
+            except Exception as error:  # noqa: BLE001 - durable raises a bare Exception
+                last = error
+        self.close()
+        raise EngineError(f"durable_rules refused ruleset {name}: {last}")
 
     def has(self, logical: str) -> bool:
         return logical in self.shards

@@ -1,0 +1,336 @@
+"""A direct evaluation of the rule files, used only by the tests.
+
+It reads the YAML with ``yaml.safe_load`` and applies each rule's meaning in plain Python, with
+no compiler and no durable_rules, so that a test can check every finding the engine gives — and
+every finding it does not give — against the rule data itself. Normalisation (units, frequency,
+forms, routes, ICD codes) is shared with the engine: it has its own property tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rx_audit.models import Prescription
+from rx_audit.rulebook import normalise_name
+from rx_audit.units import (
+    TIMES_PER_DAY,
+    dose_in_unit,
+    normalise_form,
+    normalise_frequency,
+    normalise_icd,
+    normalise_route,
+)
+
+
+@dataclass
+class ReferenceRulebook:
+    drugs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    allergy_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allergy_names: dict[str, set[str]] = field(default_factory=dict)
+    interactions: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def load(root: Path) -> ReferenceRulebook:
+    book = ReferenceRulebook()
+    for path in sorted(root.rglob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if "drug" in data:
+            drug = data["drug"]
+            book.drugs[drug["id"]] = data
+            for alias in [drug["id"], drug["name"], *drug.get("names", []), *drug.get("atc", [])]:
+                book.names[normalise_name(alias)] = drug["id"]
+        if "allergy_classes" in data:
+            book.allergy_classes.update(data["allergy_classes"])
+        book.interactions.extend(data.get("interactions") or [])
+        book.duplicates.extend(data.get("duplicates") or [])
+        if "settings" in data:
+            book.settings = data["settings"]
+    for class_id, spec in book.allergy_classes.items():
+        for alias in [class_id, spec["name"], *spec.get("names", [])]:
+            book.allergy_names.setdefault(normalise_name(alias), set()).add(class_id)
+    return book
+
+
+@dataclass
+class Patient:
+    age: float | None
+    sex: str | None
+    weight: float | None
+    egfr: float | None
+    pregnant: bool | None
+    lactating: bool | None
+    hepatic: str | None
+    dx: list[str]
+    allergies: set[str]
+
+
+@dataclass
+class Item:
+    id: str
+    drug: str
+    form_group: str | None
+    release: str | None
+    route: str | None
+    freq: str | None
+    dose: float | None
+    daily: float | None
+    days: float | None
+
+
+def _in(low: float | None, high: float | None, value: float | None) -> bool | None:
+    """``None`` when the value is missing and a bound needs it."""
+    if low is None and high is None:
+        return True
+    if value is None:
+        return None
+    return (low is None or value >= low) and (high is None or value < high)
+
+
+def condition_holds(
+    when: dict[str, Any], patient: Patient, item: Item, ignore: frozenset[str] = frozenset()
+) -> bool | None:
+    """True / False, or ``None`` when a value the condition needs is missing; ``ignore`` drops fields."""
+    results: list[bool | None] = []
+    for name, value in (("age", patient.age), ("egfr", patient.egfr), ("weight", patient.weight)):
+        if name not in ignore:
+            results.append(_in(when.get(f"{name}_min"), when.get(f"{name}_max"), value))
+    if "sex" in when:
+        results.append(None if patient.sex is None else patient.sex == when["sex"])
+    for flag in ("pregnant", "lactating"):
+        if flag not in when or flag in ignore:
+            if flag in when and when[flag]:
+                results.append(None if patient.sex is None else patient.sex == "F")
+            continue
+        actual = getattr(patient, flag)
+        if patient.sex == "M" and actual is None:
+            actual = False
+        if when[flag]:
+            # Compiled as sex == F and flag == 1.
+            sex_ok = None if patient.sex is None else patient.sex == "F"
+            results.append(sex_ok if sex_ok is not True else actual)
+        else:
+            results.append(None if actual is None else not actual)
+    if "hepatic" in when and "hepatic" not in ignore:
+        results.append(None if patient.hepatic is None else patient.hepatic in when["hepatic"])
+    if "diagnoses" in when:
+        keys = [normalise_icd(code) for code in when["diagnoses"]]
+        results.append(any(dx.startswith(key) for dx in patient.dx for key in keys))
+    if "release" in when:
+        results.append(None if item.release is None else item.release in when["release"])
+    if "forms" in when:
+        results.append(None if item.form_group is None else item.form_group in when["forms"])
+    if "routes" in when:
+        results.append(None if item.route is None else item.route in when["routes"])
+    if any(result is False for result in results):
+        return False
+    if any(result is None for result in results):
+        return None
+    return True
+
+
+PATIENT_OPTIONAL = ("egfr", "weight", "hepatic", "pregnant", "lactating")
+
+
+def _patient_value(patient: Patient, name: str) -> Any:
+    return getattr(patient, name)
+
+
+def undecidable_patient_fields(when: dict[str, Any], patient: Patient, item: Item) -> set[str]:
+    """Optional patient fields the condition reads, that are missing, while the rest of it holds."""
+    found = set()
+    for name in PATIENT_OPTIONAL:
+        reads = name in when or f"{name}_min" in when or f"{name}_max" in when
+        if not reads or _patient_value(patient, name) is not None:
+            continue
+        if name in ("pregnant", "lactating"):
+            if patient.sex != "M" and not (patient.sex == "F" and patient.age is not None
+                                           and 12 <= patient.age < 55):
+                continue
+            if patient.sex == "M":
+                continue
+        if condition_holds(when, patient, item, ignore=frozenset({name})) is True:
+            found.add(name)
+    return found
+
+
+def patient_of(prescription: Prescription, book: ReferenceRulebook) -> Patient:
+    allergies: set[str] = set()
+    for text in prescription.patient.allergies:
+        key = normalise_name(text)
+        allergies |= book.allergy_names.get(key, set())
+        drug_id = book.names.get(key)
+        if drug_id:
+            allergies |= {drug_id, *book.drugs[drug_id]["drug"].get("allergy_classes", [])}
+    p = prescription.patient
+    return Patient(
+        age=prescription.age_years_at_issue(), sex=p.sex if p.sex in ("M", "F") else None, weight=p.weight_kg,
+        egfr=p.egfr, pregnant=p.pregnant, lactating=p.lactating, hepatic=p.hepatic_impairment,
+        dx=[normalise_icd(d.code) for d in prescription.diagnoses if d.code and normalise_icd(d.code)],
+        allergies=allergies,
+    )
+
+
+def item_of(raw: Any, book: ReferenceRulebook) -> Item | None:
+    drug_id = book.names.get(normalise_name(raw.drug))
+    if drug_id is None and raw.atc:
+        drug_id = book.names.get(normalise_name(raw.atc))
+    if drug_id is None:
+        return None
+    unit = book.drugs[drug_id]["drug"].get("unit", "mg")
+    form = normalise_form(raw.form) if raw.form else None
+    freq = normalise_frequency(raw.frequency) if raw.frequency else None
+    dose = None
+    if raw.dose is not None:
+        strength = (raw.strength.value, raw.strength.unit) if raw.strength else None
+        dose = dose_in_unit(raw.dose.value, raw.dose.unit, unit, strength)
+    daily = dose * TIMES_PER_DAY[freq] if dose is not None and freq is not None else None
+    return Item(
+        id=raw.id, drug=drug_id, form_group=form.group if form else None, release=form.release if form else None,
+        route=normalise_route(raw.route) if raw.route else None, freq=freq, dose=dose, daily=daily, days=raw.days,
+    )
+
+
+@dataclass
+class Expected:
+    fired: set[tuple[str, str | None]] = field(default_factory=set)
+    # (item, field) pairs where a rule's data is missing and its other conditions do not exclude it.
+    undecidable: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _compare(value: float | None, limit: dict[str, Any], per: float | None = 1.0) -> tuple[bool, bool] | None:
+    """(above max, below min), or None when value is missing."""
+    if value is None or per is None:
+        return None
+    value = value / per
+    return (
+        limit.get("max") is not None and value > limit["max"],
+        limit.get("min") is not None and value < limit["min"],
+    )
+
+
+def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
+    expected = Expected()
+    patient = patient_of(prescription, book)
+    items: list[Item] = []
+    for raw in prescription.items:
+        item = item_of(raw, book)
+        if item is None:
+            expected.fired.add(("completeness.unknown_drug", raw.id))
+            continue
+        items.append(item)
+        spec = book.drugs[item.drug]
+        drug = spec["drug"]
+        prefix = item.drug
+
+        indication = spec.get("indication")
+        if indication and patient.dx:
+            include = [normalise_icd(code) for code in indication["codes"]]
+            exclude = [normalise_icd(code) for code in indication.get("exclude", [])]
+            indicated = any(
+                any(dx.startswith(key) for key in include) and not any(dx.startswith(key) for key in exclude)
+                for dx in patient.dx
+            )
+            if not indicated:
+                expected.fired.add((f"{prefix}.indication", item.id))
+
+        for regimen in spec.get("dose", []):
+            applies = condition_holds(regimen.get("when", {}), patient, item)
+            for missing in undecidable_patient_fields(regimen.get("when", {}), patient, item):
+                expected.undecidable.add((item.id, missing))
+            if applies is False:
+                continue
+            rid = f"{prefix}.dose.{regimen['id']}"
+            for key, value, per, needs in (
+                ("per_dose", item.dose, 1.0, "dose"),
+                ("per_day", item.daily, 1.0, "daily"),
+                ("per_dose_per_kg", item.dose, patient.weight, "dose"),
+                ("per_day_per_kg", item.daily, patient.weight, "daily"),
+            ):
+                if key not in regimen:
+                    continue
+                if applies is None:
+                    continue
+                outcome = _compare(value, regimen[key], per)
+                if outcome is None:
+                    if per is None:
+                        expected.undecidable.add((item.id, "weight"))
+                    # A missing daily total is reported as such only when the dose itself is known.
+                    if value is None and not (needs == "daily" and item.dose is None):
+                        expected.undecidable.add((item.id, needs))
+                    continue
+                above, below = outcome
+                if above:
+                    expected.fired.add((f"{rid}.{key}", item.id))
+                if below:
+                    expected.fired.add((f"{rid}.{key}.below_min", item.id))
+            if regimen.get("frequencies") and applies:
+                if item.freq is None:
+                    expected.undecidable.add((item.id, "freq"))
+                elif item.freq not in regimen["frequencies"]:
+                    expected.fired.add((f"{rid}.frequency", item.id))
+
+        forms = drug["forms"]
+        if item.form_group is None:
+            expected.undecidable.add((item.id, "form_group"))
+        elif item.form_group not in forms:
+            expected.fired.add((f"{prefix}.route.form", item.id))
+        elif item.route is None:
+            expected.undecidable.add((item.id, "route"))
+        elif item.route not in forms[item.form_group]:
+            expected.fired.add((f"{prefix}.route.{item.form_group}", item.id))
+
+        for contra in spec.get("contraindications", []):
+            holds = condition_holds(contra["when"], patient, item)
+            for missing in undecidable_patient_fields(contra["when"], patient, item):
+                expected.undecidable.add((item.id, missing))
+            if holds:
+                expected.fired.add((f"{prefix}.contra.{contra['id']}", item.id))
+
+        own = {item.drug, *drug.get("allergy_classes", [])}
+        if patient.allergies & own:
+            expected.fired.add((f"{prefix}.allergy", item.id))
+        for allergy_class in drug.get("allergy_classes", []):
+            for other in (book.allergy_classes.get(allergy_class) or {}).get("cross_reactive", {}):
+                if other in patient.allergies and other not in drug.get("allergy_classes", []):
+                    expected.fired.add((f"{prefix}.allergy.cross.{other}", item.id))
+
+        if spec.get("max_days") is not None and item.days is not None and item.days > spec["max_days"]:
+            expected.fired.add((f"{prefix}.duration", item.id))
+
+        limit = (book.settings.get("duration") or {}).get(prescription.visit_type)
+        if limit and item.days is not None:
+            chronic_max = limit.get("chronic_drug_max_days")
+            if chronic_max and drug.get("chronic"):
+                if item.days > chronic_max:
+                    expected.fired.add((f"duration.{prescription.visit_type}_chronic_drug", item.id))
+            elif item.days > limit["max_days"]:
+                expected.fired.add((f"duration.{prescription.visit_type}", item.id))
+
+    def keys(drug_id: str) -> set[str]:
+        return {drug_id, *(f"class:{c}" for c in book.drugs[drug_id]["drug"].get("classes", []))}
+
+    def selector_key(selector: dict[str, str]) -> str:
+        return selector["drug"] if "drug" in selector else f"class:{selector['class']}"
+
+    for index, first in enumerate(items):
+        for second in items[index + 1 :]:
+            a, b = keys(first.drug), keys(second.drug)
+            if first.drug == second.drug:
+                expected.fired.add(("duplicate.same_ingredient", second.id))
+            else:
+                for duplicate in book.duplicates:
+                    key = f"class:{duplicate['class']}"
+                    if key in a and key in b:
+                        expected.fired.add((f"duplicate.{duplicate['id']}", second.id))
+            for interaction in book.interactions:
+                x, y = (selector_key(s) for s in interaction["between"])
+                if (x in a and y in b) or (y in a and x in b):
+                    expected.fired.add((f"interaction.{interaction['id']}", second.id))
+    return expected
