@@ -171,7 +171,8 @@ class DosageForm:
     release: str  # normal | sustained | controlled | enteric
 
 
-# Ordered: the first keyword found decides; longer, more specific words come first.
+# Ordered: the first keyword found decides, so 注射用… (powder for injection) is an injection and
+# 干混悬剂 (dry suspension, mixed before it is swallowed) an oral liquid.
 _FORM_KEYWORDS: tuple[tuple[str, str], ...] = (
     ("注射", "injection"), ("针剂", "injection"), ("输液", "injection"), ("inject", "injection"),
     ("infusion", "injection"), ("powder for", "injection"), ("vial", "injection"), ("ampoule", "injection"),
@@ -204,7 +205,6 @@ def normalise_form(text: str) -> DosageForm | None:
     group = next((group for word, group in _FORM_KEYWORDS if word in cleaned), None)
     if group is None:
         return None
-    # 干混悬剂 (dry suspension) is taken by mouth after mixing: an oral form either way.
     release = next((release for word, release in _RELEASE_KEYWORDS if word in cleaned), "normal")
     return DosageForm(group, release)
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine and run them:
+# the venv with test extras, a PostgreSQL server, Debian's chromium for the browser test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh test
+if [ -f scripts/postgres.sh ]; then
+  # Prints the URL of a database the queue tests may use.
+  RX_AUDIT_TEST_PG_URL="$(bash scripts/postgres.sh | tail -n 1)"
+  export RX_AUDIT_TEST_PG_URL
+fi
+if [ -f scripts/browser.sh ]; then
+  bash scripts/browser.sh
+fi
+.venv/bin/ruff check rx_audit review_ui tests benchmarks
+.venv/bin/rx-audit rules check rules
+.venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,181 @@
+"""The audit on the shipped rulebook: each review category caught, ordinary prescriptions passed."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from rx_audit import AuditResult, PrescriptionError, RecordError
+
+
+def rx(*items, patient=None, diagnoses=("E11.900",), visit_type="outpatient", **extra):
+    """A prescription with complete patient data, so only the problem under test can fire."""
+    base_patient = {"id": "P1", "sex": "M", "age_years": 56, "weight_kg": 68, "egfr": 88,
+                    "hepatic_impairment": "none", "allergies": []}
+    base_patient.update(patient or {})
+    return {"id": "RX-T", "visit_type": visit_type, "issued_at": "2025-03-26T10:15:00+08:00",
+            "facility": {"id": "LZH", "name": "凉州户镇分院", "level": "township"},
+            "prescriber": {"id": "D007"}, "department": "全科", "patient": base_patient,
+            "diagnoses": [{"code": code} for code in diagnoses], "items": list(items), **extra}
+
+
+def item(drug, value, unit="mg", frequency="qd", route="po", days=7, form="片", **extra):
+    return {"drug": drug, "form": form, "dose": {"value": value, "unit": unit}, "frequency": frequency,
+            "route": route, "days": days, **extra}
+
+
+def fired(result: AuditResult, at_least: str = "warning") -> set[str]:
+    rank = {"info": 1, "warning": 2, "critical": 3}
+    return {f.rule for f in result.findings if rank[str(f.severity)] >= rank[at_least]}
+
+
+METFORMIN = item("二甲双胍", 500, frequency="bid")
+AMLODIPINE = item("氨氯地平", 5)
+
+
+@pytest.mark.parametrize(
+    ("prescription", "rule", "category"),
+    [
+        # indication: metformin for a cold
+        (rx(METFORMIN, diagnoses=["J06.9"]), "metformin.indication", "indication"),
+        # dose: metformin 1000 mg four times a day = 4000 mg/day
+        (rx(item("二甲双胍", 1000, frequency="qid")), "metformin.dose.adult.per_day", "dose"),
+        # route: metformin tablets given intravenously
+        (rx(item("二甲双胍", 500, frequency="bid", route="静推")), "metformin.route.oral_solid", "route"),
+        # contraindication: eGFR 24
+        (rx(METFORMIN, patient={"egfr": 24, "age_years": 72}), "metformin.contra.egfr_lt_30", "contraindication"),
+        # duplicate: the same ingredient twice
+        (rx(METFORMIN, item("metformin", 500, frequency="bid")), "duplicate.same_ingredient", "duplicate"),
+        # duration: an acute drug for 10 days in outpatient
+        (rx(AMLODIPINE, item("阿莫西林", 500, frequency="tid", days=10), diagnoses=["I10.x00", "J02.9"]),
+         "duration.outpatient", "duration"),
+        # duration: emergency prescription for 5 days
+        (rx(item("阿莫西林", 500, frequency="tid", days=5), diagnoses=["J02.9"], visit_type="emergency"),
+         "duration.emergency", "duration"),
+        # contraindication: penicillin allergy covers amoxicillin
+        (rx(item("阿莫西林", 500, frequency="tid", form="胶囊"), diagnoses=["J02.9"], patient={"allergies": ["青霉素"]}),
+         "amoxicillin.allergy", "contraindication"),
+        # interaction: warfarin with an NSAID
+        (rx(item("华法林", 3), item("布洛芬", 200, frequency="tid"), diagnoses=["I48.9", "M54.5"]), None,
+         "interaction"),
+        # contraindication: ACE inhibitor in pregnancy
+        (rx(item("依那普利", 10), diagnoses=["I10.x00"],
+            patient={"sex": "F", "age_years": 30, "pregnant": True, "lactating": False}), None, "contraindication"),
+        # duplicate: two statins
+        (rx(item("阿托伐他汀", 20, frequency="qn"), item("瑞舒伐他汀", 10, frequency="qn"), diagnoses=["E78.5"]), None,
+         "duplicate"),
+    ],
+)
+def test_each_category_is_caught(auditor, prescription, rule, category):
+    result = auditor.audit(prescription)
+    assert result.flagged
+    categories = {f.category for f in result.findings if str(f.severity) != "info"}
+    assert category in categories, [f.model_dump() for f in result.findings]
+    if rule is not None:
+        assert rule in fired(result)
+
+
+def test_finding_explains_itself(auditor):
+    """rule id, category, severity, item, message with the values, file:line, evidence with the limit."""
+    result = auditor.audit(rx(METFORMIN, patient={"egfr": 24, "age_years": 72}))
+    finding = next(f for f in result.findings if f.rule == "metformin.contra.egfr_lt_30")
+    assert finding.category == "contraindication" and str(finding.severity) == "critical"
+    assert finding.item == "1" and "24" in finding.message and "二甲双胍" in finding.message
+    path, line = finding.source.rsplit(":", 1)
+    assert path == "rules/drugs/metformin.yaml" and line.isdigit()
+    text = open(path, encoding="utf-8").read().splitlines()[int(line) - 1]
+    assert "egfr_lt_30" in text  # the line named is where the rule is written
+    assert finding.evidence == {"egfr": 24, "limit": 30}
+    assert result.rulebook.startswith("sha256:") and result.severity == "critical"
+
+
+def test_ordinary_prescriptions_pass(auditor):
+    """A correct chronic-disease prescription: no warning, no block."""
+    result = auditor.audit(rx(item("二甲双胍", 500, frequency="tid", days=30), item("氨氯地平", 5, days=30),
+                              diagnoses=["E11.900", "I10.x00"]))
+    assert not result.flagged, [f.model_dump() for f in result.findings]
+
+
+def test_unknown_drug_is_visible_not_silent(auditor):
+    result = auditor.audit(rx(item("板蓝根颗粒", 10, unit="g", frequency="tid", form="颗粒")))
+    finding = next(f for f in result.findings if f.rule == "completeness.unknown_drug")
+    assert finding.category == "completeness" and finding.item == "1" and "板蓝根颗粒" in finding.message
+
+
+def test_missing_data_a_rule_needs_is_said(auditor):
+    """No eGFR: the renal rules say they could not run, as info; nothing is guessed."""
+    prescription = rx(METFORMIN)
+    del prescription["patient"]["egfr"]
+    result = auditor.audit(prescription)
+    note = next(f for f in result.findings if f.rule == "metformin.missing.egfr")
+    assert str(note.severity) == "info" and "metformin.contra.egfr_lt_30" in note.evidence["rules"]
+    assert not result.flagged
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (lambda p: p["items"][0].pop("frequency"), "completeness.missing.freq"),  # frequency not written
+        (lambda p: p["items"][0].update(frequency="每天好几次"), "completeness.unusable.freq"),  # unreadable
+        (lambda p: p["items"][0].update(dose={"value": 2, "unit": "袋"}), "completeness.unusable.dose"),  # no strength
+        (lambda p: p["patient"].pop("age_years"), "completeness.missing.age"),  # no age on the prescription
+        (lambda p: p.update(diagnoses=[]), "completeness.missing.diagnosis"),  # no diagnosis
+    ],
+)
+def test_unusable_data_is_a_completeness_finding(auditor, change, rule):
+    prescription = rx(copy.deepcopy(METFORMIN))
+    change(prescription)
+    result = auditor.audit(prescription)
+    assert rule in fired(result)
+
+
+def test_tablet_count_converted_through_strength(auditor):
+    """3 片 of 0.5 g = 1500 mg a dose: above the 1000 mg single dose."""
+    result = auditor.audit(rx(item("二甲双胍", 3, unit="片", frequency="bid", strength={"value": 0.5, "unit": "g"})))
+    assert "metformin.dose.adult.per_dose" in fired(result)
+
+
+def test_age_from_birth_date_at_issue(auditor):
+    """Born 2018, prescribed 2025: a 7-year-old; metformin is not for children under 10."""
+    prescription = rx(METFORMIN, patient={"birth_date": "2018-01-01", "weight_kg": 22})
+    del prescription["patient"]["age_years"]
+    assert "metformin.contra.child_lt_10" in fired(auditor.audit(prescription))
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ("{not json", None),  # not JSON at all
+        ({"id": "X1", "items": [{"drug": "二甲双胍", "dose": {"value": -5, "unit": "mg"}}]}, "items.0.dose.value"),
+        ({"items": [{"drug": "二甲双胍"}]}, "id"),  # no id
+        ({"id": "X2", "items": []}, "items"),  # nothing prescribed
+        ({"id": "X3", "patient": {"egfr": "NaN"}, "items": [{"drug": "x"}]}, "patient.egfr"),  # NaN never compares
+    ],
+)
+def test_bad_input_names_prescription_and_field(auditor, record, field):
+    with pytest.raises(PrescriptionError) as caught:
+        auditor.audit(record)
+    assert caught.value.field == field
+    if isinstance(record, dict) and record.get("id"):
+        assert record["id"] in str(caught.value)
+
+
+def test_batch_reports_bad_records_and_goes_on(auditor):
+    good = rx(METFORMIN)
+    outcomes = auditor.audit_batch([good, {"id": "BAD", "items": "nope"}, json.dumps(good)])
+    assert isinstance(outcomes[0], AuditResult) and isinstance(outcomes[2], AuditResult)
+    assert isinstance(outcomes[1], RecordError) and outcomes[1].id == "BAD" and outcomes[1].line == 2
+
+
+def test_unknown_fields_are_kept_and_ignored(auditor):
+    prescription = rx(METFORMIN, his_extra={"anything": 1})
+    prescription["items"][0]["insurance_code"] = "XJ-123"
+    assert not auditor.audit(prescription).flagged
+
+
+def test_result_json_follows_the_contract(auditor):
+    data = json.loads(auditor.audit(rx(METFORMIN, diagnoses=["J06.9"])).to_json())
+    assert set(data) == {"id", "flagged", "severity", "rulebook", "findings"}
+    assert {"rule", "category", "severity", "item", "message", "source", "evidence"} <= set(data["findings"][0])

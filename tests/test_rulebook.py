@@ -1,0 +1,169 @@
+"""Loading rule files: what a pharmacist who makes a mistake is told, and where."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rx_audit.errors import RulebookError, RulebookErrors
+from rx_audit.rulebook import load_rulebook, rulebook_hash
+
+MINIMAL_DRUG = textwrap.dedent(
+    """\
+    drug:
+      id: testdrug
+      name: 测试药
+      names: [testdrug]
+      unit: mg
+      forms:
+        oral_solid: [po]
+      source: 测试说明书
+    indication:
+      codes: [E11]
+      source: 测试说明书【适应症】
+    dose:
+      - id: adult
+        when: {age_min: 18}
+        per_dose: {max: 100}
+        per_day: {max: 300}
+        frequencies: [qd, bid, tid]
+        source: 测试说明书【用法用量】
+    """
+)
+
+
+@pytest.fixture()
+def book(tmp_path: Path, rules_dir: Path) -> Path:
+    """A small rulebook: the shipped vocabularies and one test drug."""
+    root = tmp_path / "rules"
+    (root / "drugs").mkdir(parents=True)
+    for name in ("rulebook.yaml", "classes.yaml", "allergy_classes.yaml"):
+        shutil.copy(rules_dir / name, root / name)
+    (root / "drugs" / "testdrug.yaml").write_text(MINIMAL_DRUG, encoding="utf-8")
+    return root
+
+
+def _errors(root: Path) -> list[RulebookError]:
+    with pytest.raises(RulebookErrors) as caught:
+        load_rulebook(root)
+    return caught.value.errors
+
+
+def test_minimal_rulebook_loads(book):
+    rulebook = load_rulebook(book)
+    assert set(rulebook.drugs) == {"testdrug"}
+    assert {rule.id for rule in rulebook.rules.values()} >= {
+        "testdrug.indication", "testdrug.dose.adult.per_dose", "testdrug.dose.adult.per_day",
+        "testdrug.dose.adult.frequency", "testdrug.route.form", "testdrug.route.oral_solid", "testdrug.allergy",
+    }
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "words"),
+    [
+        # a misspelt key is not ignored: it is an error on its own line
+        ("    per_day: {max: 300}", "    per_dai: {max: 300}", 16, "per_dai"),
+        # a frequency the engine does not know
+        ("frequencies: [qd, bid, tid]", "frequencies: [qd, bid, thrice]", 17, "thrice"),
+        # an ICD-10 code that does not exist
+        ("codes: [E11]", "codes: [E11, ZZ9]", 10, "ZZ9"),
+        # a route that does not exist
+        ("oral_solid: [po]", "oral_solid: [po, mouth]", 7, "mouth"),
+        # a limit below zero
+        ("per_dose: {max: 100}", "per_dose: {max: -1}", 15, "greater than 0"),
+        # a source is required on every rule
+        ("    source: 测试说明书【用法用量】\n", "", 13, "source"),
+    ],
+)
+def test_errors_name_file_and_line(book, old, new, line, words):
+    path = book / "drugs" / "testdrug.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    errors = _errors(book)
+    assert any(
+        error.path and error.path.endswith("drugs/testdrug.yaml") and error.line == line and words in error.message
+        for error in errors
+    ), [str(e) for e in errors]
+
+
+def test_yaml_syntax_error_has_line(book):
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(MINIMAL_DRUG + "examples: [\n  - broken: {\n", encoding="utf-8")
+    errors = _errors(book)
+    assert errors[0].path.endswith("testdrug.yaml") and errors[0].line is not None and "YAML" in errors[0].message
+
+
+def test_python_tags_are_refused(book):
+    """safe loading: a rule file cannot run code."""
+    (book / "evil.yaml").write_text("classes: !!python/object/apply:os.system ['true']\n", encoding="utf-8")
+    errors = _errors(book)
+    assert any(error.path.endswith("evil.yaml") for error in errors)
+
+
+def test_unknown_class_and_duplicate_drug_are_errors(book):
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(MINIMAL_DRUG.replace("  unit: mg", "  classes: [no_such_class]\n  unit: mg"), encoding="utf-8")
+    shutil.copy(path, book / "drugs" / "copy.yaml")
+    messages = [str(error) for error in _errors(book)]
+    assert any("no_such_class" in message for message in messages)
+    assert any("defined twice" in message for message in messages)
+
+
+def test_unknown_placeholder_in_message_is_an_error(book):
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(MINIMAL_DRUG.replace("  source: 测试说明书【适应症】",
+                                         "  message: 无{drug}适应证{nonsense}\n  source: 测试说明书【适应症】"),
+                    encoding="utf-8")
+    assert any("nonsense" in str(error) for error in _errors(book))
+
+
+def test_every_error_is_reported_in_one_pass(book):
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(MINIMAL_DRUG.replace("per_dose:", "per_dos:").replace("codes: [E11]", "codes: [ZZ9]"),
+                    encoding="utf-8")
+    (book / "interactions.yaml").write_text(
+        "interactions:\n  - id: x\n    between: [{drug: nope}, {drug: testdrug}]\n    severity: warning\n"
+        "    message: m\n    source: s1\n", encoding="utf-8")
+    errors = _errors(book)
+    assert len({(e.path, e.line) for e in errors}) >= 2
+
+
+def test_hash_changes_with_any_rule_file(book):
+    before = rulebook_hash(book)
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("max: 300", "max: 301"), encoding="utf-8")
+    assert rulebook_hash(book) != before
+
+
+def test_indication_exclusions_are_folded_into_codes(book):
+    """`exclude` removes a sub-code: E11.1 excluded, E11.9 and a bare E11 still indicated."""
+    from rx_audit.engine import Auditor
+
+    path = book / "drugs" / "testdrug.yaml"
+    path.write_text(MINIMAL_DRUG.replace("codes: [E11]", "codes: [E11]\n  exclude: [E11.1]"), encoding="utf-8")
+    auditor = Auditor(load_rulebook(book))
+
+    def indicated(code: str) -> bool:
+        result = auditor.audit({"id": "X", "patient": {"age_years": 40, "sex": "M"}, "diagnoses": [code],
+                                "items": [{"drug": "testdrug", "dose": {"value": 10, "unit": "mg"},
+                                           "frequency": "qd", "route": "po", "days": 3, "form": "片"}]})
+        return "testdrug.indication" not in {f.rule for f in result.findings}
+
+    assert indicated("E11.900") and indicated("E11") and not indicated("E11.101") and not indicated("J06.9")
+
+
+def test_shipped_rulebook_loads_and_covers_the_fifty_drugs(rules_dir):
+    """DRUGS.md lists the starter drugs; each has a monograph with a source on every rule."""
+    rulebook = load_rulebook(rules_dir)
+    drugs_md = Path(__file__).resolve().parents[2] / "shared" / "DRUGS.md"
+    if drugs_md.exists():
+        listed = [line.split("|")[1].strip() for line in drugs_md.read_text(encoding="utf-8").splitlines()
+                  if line.startswith("| ") and not line.startswith("| generic") and "---" not in line]
+        missing = [name for name in listed if rulebook.drug_for(name) is None]
+        assert not missing, f"DRUGS.md drugs without a monograph: {missing}"
+    assert all(rule.source and (rule.reference or rule.id.startswith(("completeness", "duplicate.same")))
+               for rule in rulebook.rules.values() if rule.missing_field is None)
