@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rx_audit.engine import Auditor
 from rx_audit.errors import RulebookError, RulebookErrors
 from rx_audit.io import iter_records
 from rx_audit.models import AuditResult, RecordError
@@ -37,9 +38,7 @@ RulesOption = Annotated[
 ]
 
 
-def _load(rules: Path | None):  # type: ignore[no-untyped-def]
-    from rx_audit.engine import Auditor
-
+def _load(rules: Path | None) -> Auditor:
     try:
         return Auditor.from_path(rules or default_rules_dir())
     except RulebookError as error:

@@ -37,7 +37,15 @@ import durable_rules_engine as durable
 import orjson
 
 from rx_audit.errors import EngineError, PrescriptionError, RxAuditError
-from rx_audit.models import AuditResult, Finding, Prescription, RecordError, parse_prescription
+from rx_audit.models import (
+    AuditResult,
+    Category,
+    Finding,
+    Prescription,
+    RecordError,
+    Severity,
+    parse_prescription,
+)
 from rx_audit.rulebook import SEVERITY_RANK, CompiledRule, Drug, Rulebook, load_rulebook, normalise_name
 from rx_audit.units import (
     TIMES_PER_DAY,
@@ -84,7 +92,7 @@ class _Registered:
         for attempt in range(20):
             try:
                 return int(durable.create_ruleset(f"rx{self.generation}:{name}~{attempt}", payload))
-            except Exception as error:  # noqa: BLE001 - durable raises a bare Exception
+            except Exception as error:
                 last = error
         self.close()
         raise EngineError(f"durable_rules refused ruleset {name}: {last}")
@@ -330,9 +338,10 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
                 strength = (item.strength.value, item.strength.unit) if item.strength else None
                 dose = dose_in_unit(item.dose.value, item.dose.unit, drug.unit, strength)
                 if dose is None:
-                    fact["raw_dose"] = f"{_number(item.dose.value)}{item.dose.unit}" + (
-                        f"（规格 {_number(item.strength.value)}{item.strength.unit}）" if item.strength else "（无规格）"
-                    )
+                    written = f"{_number(item.dose.value)}{item.dose.unit}"
+                    if item.strength:
+                        written += f"（规格 {_number(item.strength.value)}{item.strength.unit}）"
+                    fact["raw_dose"] = written if item.strength else written + "（无规格）"
                 else:
                     fact["dose"] = _number(dose)
                     if times is not None:
@@ -379,13 +388,13 @@ def _evaluate(
             continue
         try:
             fired.extend(registered.run(logical, batch))
-        except Exception as error:  # noqa: BLE001 - any engine failure must become a visible finding
+        except Exception as error:
             logger.exception("durable_rules failed on ruleset %s", logical)
             failures.append((logical, f"{type(error).__name__}: {error}"))
     return fired, failures
 
 
-class _Blank(dict):  # type: ignore[type-arg]
+class _Blank(dict[str, Any]):
     """Message formatting that leaves an unknown placeholder visible instead of raising."""
 
     def __missing__(self, key: str) -> str:
@@ -449,7 +458,7 @@ def _result(
 
     for logical, error in failures:
         findings.append(Finding(
-            rule="completeness.engine_error", category="completeness", severity="warning",
+            rule="completeness.engine_error", category=Category.completeness, severity=Severity.warning,
             message=f"规则执行出错（{logical}），该部分未完成审核，请药师人工审核：{error}",
             source=f"{rulebook.root}", evidence={"ruleset": logical, "error": error},
         ))
@@ -457,7 +466,7 @@ def _result(
     order = {item.id: position for position, item in enumerate(prescription.items)}
     findings.sort(key=lambda f: (-SEVERITY_RANK[str(f.severity)], order.get(f.item, -1), f.rule))
     top = max((SEVERITY_RANK[str(f.severity)] for f in findings), default=0)
-    severity = next((name for name, rank in SEVERITY_RANK.items() if rank == top), None)
+    severity = next((Severity(name) for name, rank in SEVERITY_RANK.items() if rank == top), None)
     flagged = top >= SEVERITY_RANK[rulebook.settings.flag_threshold]
     return AuditResult(id=prescription.id, flagged=flagged, severity=severity, rulebook=rulebook.hash,
                        findings=findings)
@@ -510,6 +519,6 @@ def _finding(
     except (ValueError, IndexError, AttributeError) as error:
         message = f"{rule.message}（消息模板错误：{error}）"
     return Finding(
-        rule=rule.id, category=rule.category, severity=rule.severity, item=item, message=message,
+        rule=rule.id, category=Category(rule.category), severity=Severity(rule.severity), item=item, message=message,
         source=rule.source, evidence=evidence, reference=rule.reference or None,
     )

@@ -7,6 +7,7 @@ file is never held in memory whole.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -44,12 +45,7 @@ def _iter_stream(stream: IO[str]) -> Iterator[tuple[int, Any]]:
     if first == "[":
         yield from _iter_array("".join(buffered), stream)
         return
-    number = 0
-    for number, line in enumerate(buffered, start=1):
-        record = _parse_line(line, number)
-        if record is not None:
-            yield number, record
-    for number, line in enumerate(stream, start=number + 1):
+    for number, line in enumerate(itertools.chain(buffered, stream), start=1):
         record = _parse_line(line, number)
         if record is not None:
             yield number, record

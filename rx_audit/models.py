@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,7 +24,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """CDS Hooks' three indicator levels, ordered."""
 
     info = "info"
@@ -43,7 +43,7 @@ class Severity(str, Enum):
 _SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """The review items of 医疗机构处方审核规范 (CONTRACT §2)."""
 
     indication = "indication"

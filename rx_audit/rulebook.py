@@ -58,6 +58,7 @@ def _construct_mapping_with_lines(loader: _LineLoader, node: yaml.MappingNode) -
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) or key is None:
             raise yaml.MarkedYAMLError(problem=f"unsupported mapping key {key!r}", problem_mark=key_node.start_mark)
+        key = str(key)
         if key in mapping:
             raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
@@ -77,7 +78,7 @@ def load_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise RulebookError(f"cannot read: {error}", path) from error
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader subclass
+        return yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
@@ -858,7 +859,8 @@ def _compile_drug(compiler: _Compiler, spec: DrugFile, path: Path, drug: Drug) -
                     category="dose",
                     severity=regimen.severity,
                     message=regimen.message
-                    or f"{{drug}}{label_zh} {{value}}{unit} {word}{'上限' if bound == 'max' else '下限'} {{limit}}{unit}（{label}）",
+                    or f"{{drug}}{label_zh} {{value}}{unit} {word}{'上限' if bound == 'max' else '下限'} "
+                    f"{{limit}}{unit}（{label}）",
                     source=src(regimen.line_of(key)),
                     condition={},
                     evidence_fields=(fact_field, *(name for name in gate.fields() if name != "drug")),
@@ -876,7 +878,8 @@ def _compile_drug(compiler: _Compiler, spec: DrugFile, path: Path, drug: Drug) -
                 id=f"{drug.id}.dose.{regimen.id}.frequency",
                 category="dose",
                 severity=regimen.severity,
-                message=regimen.message or f"{{drug}}用药频次 {{freq}} 不适宜（{label}可用：{'/'.join(regimen.frequencies)}）",
+                message=regimen.message
+                or f"{{drug}}用药频次 {{freq}} 不适宜（{label}可用：{'/'.join(regimen.frequencies)}）",
                 source=src(regimen.line_of("frequencies")),
                 condition={},
                 evidence_fields=("freq", *(name for name in gate.fields() if name != "drug")),

@@ -105,7 +105,7 @@ def condition_holds(
         results.append(None if patient.sex is None else patient.sex == when["sex"])
     for flag in ("pregnant", "lactating"):
         if flag not in when or flag in ignore:
-            if flag in when and when[flag]:
+            if when.get(flag):
                 results.append(None if patient.sex is None else patient.sex == "F")
             continue
         actual = getattr(patient, flag)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,8 +56,8 @@ AMLODIPINE = item("氨氯地平", 5)
         (rx(item("阿莫西林", 500, frequency="tid", days=5), diagnoses=["J02.9"], visit_type="emergency"),
          "duration.emergency", "duration"),
         # contraindication: penicillin allergy covers amoxicillin
-        (rx(item("阿莫西林", 500, frequency="tid", form="胶囊"), diagnoses=["J02.9"], patient={"allergies": ["青霉素"]}),
-         "amoxicillin.allergy", "contraindication"),
+        (rx(item("阿莫西林", 500, frequency="tid", form="胶囊"), diagnoses=["J02.9"],
+            patient={"allergies": ["青霉素"]}), "amoxicillin.allergy", "contraindication"),
         # interaction: warfarin with an NSAID
         (rx(item("华法林", 3), item("布洛芬", 200, frequency="tid"), diagnoses=["I48.9", "M54.5"]), None,
          "interaction"),
@@ -85,7 +86,7 @@ def test_finding_explains_itself(auditor):
     assert finding.item == "1" and "24" in finding.message and "二甲双胍" in finding.message
     path, line = finding.source.rsplit(":", 1)
     assert path == "rules/drugs/metformin.yaml" and line.isdigit()
-    text = open(path, encoding="utf-8").read().splitlines()[int(line) - 1]
+    text = Path(path).read_text(encoding="utf-8").splitlines()[int(line) - 1]
     assert "egfr_lt_30" in text  # the line named is where the rule is written
     assert finding.evidence == {"egfr": 24, "limit": 30}
     assert result.rulebook.startswith("sha256:") and result.severity == "critical"

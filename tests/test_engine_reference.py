@@ -58,7 +58,8 @@ def test_generated_prescriptions_match_direct_evaluation(seed, auditor, referenc
         for item, field in twins:
             if field in PATIENT_FIELDS:
                 assert (item, field) in expected.undecidable, (
-                    f"{record['id']} item {item}: engine says {field} is missing for a rule that does not apply\n{record}"
+                    f"{record['id']} item {item}: engine says {field} is missing for a rule that does not apply"
+                    f"\n{record}"
                 )
 
 
