@@ -34,6 +34,7 @@ class ReferenceRulebook:
     allergy_names: dict[str, set[str]] = field(default_factory=dict)
     interactions: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    custom: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,6 +51,7 @@ def load(root: Path) -> ReferenceRulebook:
             book.allergy_classes.update(data["allergy_classes"])
         book.interactions.extend(data.get("interactions") or [])
         book.duplicates.extend(data.get("duplicates") or [])
+        book.custom.extend(data.get("custom") or [])
         if "settings" in data:
             book.settings = data["settings"]
     for class_id, spec in book.allergy_classes.items():
@@ -215,12 +217,66 @@ def _compare(value: float | None, limit: dict[str, Any], per: float | None = 1.0
     )
 
 
+_CUSTOM_TESTS = {
+    "eq": lambda value, wanted: value == wanted,
+    "ne": lambda value, wanted: value != wanted,
+    "lt": lambda value, wanted: value < wanted,
+    "le": lambda value, wanted: value <= wanted,
+    "gt": lambda value, wanted: value > wanted,
+    "ge": lambda value, wanted: value >= wanted,
+    "in": lambda value, wanted: value in wanted,
+    "not_in": lambda value, wanted: value not in wanted,
+}
+
+
+def custom_holds(rule: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Every condition holds; a condition on a field the prescription lacks does not."""
+    for condition in rule["when"]:
+        value = values.get(condition["field"])
+        wanted = condition["value"]
+        if isinstance(wanted, bool):
+            wanted = int(wanted)
+        if value is None or not _CUSTOM_TESTS[condition["op"]](value, wanted):
+            return False
+    return True
+
+
+def _prescription_values(prescription: Prescription, patient: Patient) -> dict[str, Any]:
+    flags = {}
+    for name in ("pregnant", "lactating"):
+        value = getattr(patient, name)
+        flags[name] = int(value) if value is not None else (0 if patient.sex == "M" else None)
+    return {
+        "visit": prescription.visit_type, "age": patient.age, "sex": patient.sex, "weight": patient.weight,
+        "egfr": patient.egfr, "hepatic": patient.hepatic, "facility": prescription.facility.id,
+        "facility_level": prescription.facility.level, "department": prescription.department,
+        "prescriber": prescription.prescriber.id, "item_count": len(prescription.items),
+        "dx_count": len(patient.dx), **flags,
+    }
+
+
 def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     expected = Expected()
     patient = patient_of(prescription, book)
+    shared = _prescription_values(prescription, patient)
+    for rule in book.custom:
+        if rule.get("scope", "item") == "prescription" and custom_holds(rule, shared):
+            expected.fired.add((f"custom.{rule['id']}", None))
     items: list[Item] = []
     for raw in prescription.items:
         item = item_of(raw, book)
+        form = normalise_form(raw.form) if raw.form else None
+        frequency = normalise_frequency(raw.frequency) if raw.frequency else None
+        values = {
+            **shared, "drug": item.drug if item else "", "known": int(item is not None),
+            "route": normalise_route(raw.route) if raw.route else None,
+            "form_group": form.group if form else None, "release": form.release if form else None,
+            "freq": frequency, "times_per_day": TIMES_PER_DAY[frequency] if frequency else None,
+            "dose": item.dose if item else None, "daily": item.daily if item else None, "days": raw.days,
+        }
+        for rule in book.custom:
+            if rule.get("scope", "item") == "item" and custom_holds(rule, values):
+                expected.fired.add((f"custom.{rule['id']}", raw.id))
         if item is None:
             expected.fired.add(("completeness.unknown_drug", raw.id))
             continue
