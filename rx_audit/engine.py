@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,10 @@ _FACT_NUMBERS = itertools.count(1)
 _DURABLE_LOCK = threading.RLock()
 
 
+# List fields whose values a fact carries only where some rule of the ruleset looks for them.
+_FILTERED_LISTS = ("dx", "allergies")
+
+
 class _Registered:
     """One rulebook's rulesets registered in durable_rules, under names unique in the process."""
 
@@ -75,6 +80,7 @@ class _Registered:
         self.shards: dict[str, list[str]] = defaultdict(list)
         self.closed = False
         self.fields = rulebook.fields_read()
+        self.lists = {name: rulebook.list_vocabulary(name) for name in _FILTERED_LISTS}
         definitions = rulebook.ruleset_definitions()
         with _DURABLE_LOCK:
             for name, definition in definitions.items():
@@ -106,7 +112,14 @@ class _Registered:
         # A fact carries only the fields its ruleset reads: durable parses every byte we send.
         # Non-ASCII stays raw UTF-8: durable_rules compares the bytes and does not decode \u escapes.
         fields = self.fields[logical]
-        payload = orjson.dumps([{k: v for k, v in fact.items() if k in fields} for fact in facts]).decode()
+        slim = [{k: v for k, v in fact.items() if k in fields} for fact in facts]
+        for list_field in _FILTERED_LISTS:
+            if list_field in fields:
+                wanted = self.lists[list_field].get(logical, frozenset())
+                for fact in slim:
+                    # "-" keeps the list non-empty: durable's allItems is false on an empty list.
+                    fact[list_field] = [*(value for value in fact.get(list_field, ()) if value in wanted), "-"]
+        payload = orjson.dumps(slim).decode()
         for shard in self.shards[logical]:
             handle = self.handles[shard]
             _, state = durable.assert_facts(handle, payload)
@@ -228,11 +241,21 @@ def _put(fact: dict[str, Any], key: str, value: Any) -> None:
         fact[key] = value
 
 
-def _number(value: float) -> float | int:
-    """Integers stay integers (evidence reads 500, not 500.0); others keep 6 decimals."""
+_LARGEST = 1e15
+
+
+def _number(value: float) -> float | int | None:
+    """A number durable_rules reads correctly, or ``None`` (treated as missing) when there is none.
+
+    durable_rules 2.0.28 misreads exponent notation and can crash on it, and orjson writes floats
+    below 1e-5 that way (``1e-6``): fractions are rounded to 5 decimals. Integers stay integers
+    (evidence reads 500, not 500.0); a value beyond 1e15 would overflow the engine's integers.
+    """
+    if not math.isfinite(value) or abs(value) >= _LARGEST:
+        return None
     if isinstance(value, int):
         return value
-    return int(value) if value.is_integer() else round(value, 6)
+    return int(value) if value.is_integer() else round(value, 5)
 
 
 @lru_cache(maxsize=4096)
@@ -253,13 +276,13 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
     common: dict[str, Any] = {"n": number, "visit": prescription.visit_type}
     age = prescription.age_years_at_issue()
     if age is not None:
-        common["age"] = _number(age)
+        _put(common, "age", _number(age))
     if patient.sex in ("M", "F"):
         common["sex"] = patient.sex
     if patient.weight_kg is not None:
-        common["weight"] = _number(patient.weight_kg)
+        _put(common, "weight", _number(patient.weight_kg))
     if patient.egfr is not None:
-        common["egfr"] = _number(patient.egfr)
+        _put(common, "egfr", _number(patient.egfr))
     for flag in ("pregnant", "lactating"):
         value = getattr(patient, flag)
         if value is not None:
@@ -326,30 +349,31 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
             if frequency is not None:
                 fact["freq"] = frequency
                 times = TIMES_PER_DAY[frequency]
-                fact["times_per_day"] = _number(times)
+                fact["times_per_day"] = times
             else:
                 fact["raw_freq"] = item.frequency
         if item.days is not None:
-            fact["days"] = _number(item.days)
+            _put(fact, "days", _number(item.days))
         if drug is not None:
             fact["drug"] = drug.id
             fact["chronic"] = int(drug.chronic)
             if item.dose is not None:
                 strength = (item.strength.value, item.strength.unit) if item.strength else None
-                dose = dose_in_unit(item.dose.value, item.dose.unit, drug.unit, strength)
+                converted = dose_in_unit(item.dose.value, item.dose.unit, drug.unit, strength)
+                dose = _number(converted) if converted is not None else None
                 if dose is None:
                     written = f"{_number(item.dose.value)}{item.dose.unit}"
                     if item.strength:
                         written += f"（规格 {_number(item.strength.value)}{item.strength.unit}）"
                     fact["raw_dose"] = written if item.strength else written + "（无规格）"
                 else:
-                    fact["dose"] = _number(dose)
+                    fact["dose"] = dose
                     if times is not None:
-                        fact["daily"] = _number(dose * times)
+                        _put(fact, "daily", _number(dose * times))
                     if "weight" in common:
-                        fact["dose_per_kg"] = _number(dose / common["weight"])
+                        _put(fact, "dose_per_kg", _number(dose / common["weight"]))
                         if "daily" in fact:
-                            fact["daily_per_kg"] = _number(fact["daily"] / common["weight"])
+                            _put(fact, "daily_per_kg", _number(fact["daily"] / common["weight"]))
             known.append((fact, drug))
             batches[f"drug:{drug.id}"].append({**clinical, **fact})
         else:
@@ -358,19 +382,21 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
 
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
-            pair = {
-                "t": "pair", "n": number, "a_item": first["item"], "b_item": second["item"],
-                "a_drug": first_drug.id, "b_drug": second_drug.id,
-                "a_keys": rulebook.pair_keys[first_drug.id], "b_keys": rulebook.pair_keys[second_drug.id],
-                "same": int(first_drug.id == second_drug.id),
-            }
-            if rulebook.pairs_in_global:
-                global_batch.append(pair)
-            else:
-                global_batch.append(pair)  # duplicate.same_ingredient lives in the global ruleset
-                for key in dict.fromkeys([*pair["a_keys"], *pair["b_keys"]]):
-                    if f"pair:{key}" in rulebook.rulesets or f"pair:{key}#0" in rulebook.rulesets:
-                        batches[f"pair:{key}"].append(pair)
+            same = int(first_drug.id == second_drug.id)
+            # One fact for the same-ingredient check, then one per orientation and per key of
+            # its first drug that starts a pair rule.
+            global_batch.append({"t": "pair", "n": number, "key": "", "a_item": first["item"],
+                                 "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
+                                 "same": same})
+            for (a, a_drug), (b, b_drug) in (((first, first_drug), (second, second_drug)),
+                                             ((second, second_drug), (first, first_drug))):
+                other_keys = rulebook.pair_keys[b_drug.id]
+                for key in rulebook.pair_keys[a_drug.id]:
+                    if key not in rulebook.pair_rule_keys:
+                        continue
+                    pair = {"t": "pair", "n": number, "key": key, "a_item": a["item"], "b_item": b["item"],
+                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": same}
+                    batches["global" if rulebook.pairs_in_global else f"pair:{key}"].append(pair)
     return _Facts(batches=batches, dx_codes=dx_codes, allergy_text=allergy_text)
 
 
@@ -430,13 +456,21 @@ def _result(
     failures: list[tuple[str, str]],
 ) -> AuditResult:
     findings: list[Finding] = []
-    seen: set[tuple[str, str | None]] = set()
+    order = {item.id: position for position, item in enumerate(prescription.items)}
+    seen: set[tuple[str, Any]] = set()
     twins: dict[tuple[str | None, str], tuple[CompiledRule, set[str], dict[str, Any]]] = {}
     structural: dict[str | None, set[str]] = defaultdict(set)
 
     for rule_name, fact in fired:
         rule = rulebook.rules[rule_name]
-        item = fact.get("item") if rule.scope == "item" else (fact.get("b_item") if rule.scope == "pair" else None)
+        if rule.scope == "pair":
+            # Both orientations of a pair may fire a rule: report it once, on the later item.
+            first_item, item = sorted((fact["a_item"], fact["b_item"]), key=lambda i: order.get(i, 0))
+            if fact["a_item"] != first_item:
+                fact = {**fact, "a_item": fact["b_item"], "b_item": fact["a_item"],
+                        "a_drug": fact["b_drug"], "b_drug": fact["a_drug"]}
+        else:
+            item = fact.get("item") if rule.scope == "item" else None
         if rule.missing_field is not None:
             key = (item, rule.missing_field)
             entry = twins.setdefault(key, (rule, set(), fact))
@@ -444,7 +478,7 @@ def _result(
             continue
         if rule.id.startswith(("completeness.missing.", "completeness.unusable.")) and rule.scope == "item":
             structural[item].update(_STRUCTURAL_COVERS.get(rule.id.rsplit(".", 1)[1], ()))
-        identity = (rule.id, item if rule.scope != "pair" else f"{fact['a_item']}+{fact['b_item']}")
+        identity = (rule.id, item if rule.scope != "pair" else (fact["a_item"], fact["b_item"]))
         if identity in seen:
             continue
         seen.add(identity)
@@ -463,7 +497,6 @@ def _result(
             source=f"{rulebook.root}", evidence={"ruleset": logical, "error": error},
         ))
 
-    order = {item.id: position for position, item in enumerate(prescription.items)}
     findings.sort(key=lambda f: (-SEVERITY_RANK[str(f.severity)], order.get(f.item, -1), f.rule))
     top = max((SEVERITY_RANK[str(f.severity)] for f in findings), default=0)
     severity = next((Severity(name) for name, rank in SEVERITY_RANK.items() if rank == top), None)
@@ -491,11 +524,14 @@ def _finding(
     if rule.missing_field is not None:
         evidence["missing"] = rule.missing_field
         evidence["rules"] = covers or list(rule.covers)
-    values: dict[str, Any] = dict(fact)
-    values.update(evidence)
-    drug = rulebook.drugs.get(fact.get("drug", "")) if fact.get("drug") else None
-    values["drug"] = drug.name if drug else fact.get("drug_text", "")
-    values["dx"] = "、".join(facts.dx_codes) or "无"
+    wanted = rule.placeholders
+    values: dict[str, Any] = {name: fact[name] for name in wanted if name in fact}
+    values.update((name, value) for name, value in evidence.items() if name in wanted)
+    if "drug" in wanted:
+        drug = rulebook.drugs.get(fact.get("drug", "")) if fact.get("drug") else None
+        values["drug"] = drug.name if drug else fact.get("drug_text", "")
+    if "dx" in wanted:
+        values["dx"] = "、".join(facts.dx_codes) or "无"
     value_field = rule.limits.get("value_field")
     if value_field and value_field in fact:
         values["value"] = _display(fact[value_field])

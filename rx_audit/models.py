@@ -112,7 +112,8 @@ class Diagnosis(_Open):
 class Quantity(_Open):
     """An amount with its unit, e.g. ``{"value": 500, "unit": "mg"}``."""
 
-    value: Number = Field(ge=0)
+    # A bound no real dose reaches: beyond it the number is an input error, named as such.
+    value: Number = Field(ge=0, le=1e9)
     unit: str = Field(min_length=1)
 
 
@@ -125,7 +126,7 @@ class Item(_Open):
     dose: Quantity | None = None
     frequency: str | None = None
     route: str | None = None
-    days: Number | None = Field(default=None, ge=0)
+    days: Number | None = Field(default=None, ge=0, le=3650)
     quantity: Quantity | None = None
 
     @field_validator("id", mode="before")

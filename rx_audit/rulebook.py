@@ -39,6 +39,8 @@ SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 
 # Largest ruleset we build: durable_rules 2.0.28 breaks at 512 rules; we keep a margin.
 MAX_RULES_PER_RULESET = 400
+# durable_rules 2.0.28 fails (error 303) when more than 64 list tests pass for one fact.
+MAX_LIST_TESTS_PER_FACT = 48
 
 # --- line-aware YAML ---------------------------------------------------------------------------
 
@@ -46,8 +48,8 @@ LINE_KEY = "__line__"
 LINES_KEY = "__lines__"
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping and of each of its keys."""
+class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe loading (libyaml's when present) that records the line of every mapping and key."""
 
 
 def _construct_mapping_with_lines(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -135,13 +137,22 @@ class _Spec(BaseModel):
         # A field typed as a plain mapping (forms, duration…) must not see the line annotations.
         if not isinstance(data, dict):
             return data
+        keys = _MAPPING_FIELDS.get(cls)
+        if keys is None:
+            keys = _MAPPING_FIELDS[cls] = tuple(
+                info.alias or name for name, info in cls.model_fields.items() if _is_mapping_type(info.annotation)
+            )
+        if not any(isinstance(data.get(key), dict) for key in keys):
+            return data
         cleaned = dict(data)
-        for name, info in cls.model_fields.items():
-            key = info.alias or name
+        for key in keys:
             value = cleaned.get(key)
-            if isinstance(value, dict) and _is_mapping_type(info.annotation):
+            if isinstance(value, dict):
                 cleaned[key] = {k: v for k, v in value.items() if k not in (LINE_KEY, LINES_KEY)}
         return cleaned
+
+
+_MAPPING_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _is_mapping_type(annotation: Any) -> bool:
@@ -430,6 +441,14 @@ class CompiledRule:
     missing_field: str | None = None
     covers: tuple[str, ...] = ()
     scope: Literal["item", "pair", "prescription"] = "item"
+    placeholders: frozenset[str] = field(default=frozenset(), init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.message) if name}
+        except ValueError:
+            names = set()
+        self.placeholders = frozenset(names)
     # For pair rules (interactions, duplicates): evidence takes both items.
 
 
@@ -475,6 +494,7 @@ class Rulebook:
     examples: list[RuleExample]
     warnings: list[str]
     pairs_in_global: bool = True
+    pair_rule_keys: frozenset[str] = frozenset()  # drug ids and "class:…" that start a pair rule
 
     pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
     _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
@@ -509,6 +529,18 @@ class Rulebook:
                 fields[logical].update(rule.evidence_fields)
         return {name: frozenset(value) for name, value in fields.items()}
 
+    def list_vocabulary(self, list_field: str) -> dict[str, frozenset[str]]:
+        """Per logical ruleset, the values its rules look for in a list field (``dx``, ``allergies``).
+
+        A fact need carry no other values: they cannot change any test of that ruleset, and
+        durable_rules' cost grows with every list entry it walks.
+        """
+        found: dict[str, set[str]] = defaultdict(set)
+        for name, rule_names in self.rulesets.items():
+            for rule_name in rule_names:
+                found[name.split("#", 1)[0]].update(_list_values(self.rules[rule_name].condition, list_field))
+        return {name: frozenset(values) for name, values in found.items()}
+
     def ruleset_definitions(self) -> dict[str, dict[str, Any]]:
         """The JSON definitions handed to durable_rules, one per (sharded) ruleset."""
         return {
@@ -519,6 +551,31 @@ class Rulebook:
 
 # Identity of a fact: never dropped, so two equal items of one prescription stay two facts.
 _ALWAYS_CARRIED = ("t", "n", "item", "a_item", "b_item", "drug", "a_drug", "b_drug")
+
+
+def _list_values(condition: Any, list_field: str) -> set[str]:
+    """The ``$i`` values a condition compares a list field's items with."""
+    found: set[str] = set()
+    if isinstance(condition, list):
+        for part in condition:
+            found |= _list_values(part, list_field)
+    elif isinstance(condition, dict):
+        for key, value in condition.items():
+            if key in ("$iany", "$iall") and isinstance(value, dict) and list_field in value:
+                found |= _item_values(value[list_field])
+            elif isinstance(value, (dict, list)):
+                found |= _list_values(value, list_field)
+    return found
+
+
+def _item_values(test: Any) -> set[str]:
+    if isinstance(test, list):
+        return {v for part in test for v in _item_values(part)}
+    if isinstance(test, dict):
+        if "$i" in test and isinstance(test["$i"], str):
+            return {test["$i"]}
+        return {v for value in test.values() for v in _item_values(value)}
+    return set()
 
 
 def _condition_fields(condition: Any) -> set[str]:
@@ -682,13 +739,16 @@ class _Compiler:
         self.rulesets: dict[str, list[str]] = defaultdict(list)
         self.rule_ids: dict[str, str] = {}  # id -> source, for duplicate-id errors
         self.twins: dict[tuple[str, str, str], str] = {}  # (ruleset, field, condition json) -> rule name
+        self._relative: dict[Path, str] = {}
 
     # where things are
     def rel(self, path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(self.root.resolve().parent))
-        except ValueError:
-            return str(path)
+        if path not in self._relative:
+            try:
+                self._relative[path] = str(path.resolve().relative_to(self.root.resolve().parent))
+            except ValueError:
+                self._relative[path] = str(path)
+        return self._relative[path]
 
     def where(self, path: Path, line: int) -> str:
         return f"{self.rel(path)}:{line}"
@@ -1193,8 +1253,8 @@ def load_rulebook(root: str | Path) -> Rulebook:
         if not (selector_known(first, path, first.line) and selector_known(second, path, second.line)):
             continue
         compiler.check_message(spec.message, _PAIR_PLACEHOLDERS, path, spec.line)
-        a_first = _all(_list_has("a_keys", [first.key]), _list_has("b_keys", [second.key]))
-        b_first = _all(_list_has("a_keys", [second.key]), _list_has("b_keys", [first.key]))
+        # A pair fact is written once per orientation and per key of its first drug that has
+        # pair rules; the equality on `key` comes first, so a fact reaches only that key's rules.
         compiler.add(
             f"pair:{first.key}",
             CompiledRule(
@@ -1203,7 +1263,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
                 severity=spec.severity,
                 message=spec.message,
                 source=compiler.where(path, spec.line),
-                condition=_all(_eq("t", "pair"), {"$or": [a_first, b_first]}),
+                condition=_all(_eq("t", "pair"), _eq("key", first.key), _list_has("other_keys", [second.key])),
                 evidence_fields=("a_drug", "b_drug"),
                 limits={"between": [label(first), label(second)]},
                 reference=spec.source,
@@ -1226,8 +1286,8 @@ def load_rulebook(root: str | Path) -> Rulebook:
                 severity=spec.severity,
                 message=spec.message,
                 source=compiler.where(path, spec.line),
-                condition=_all(_eq("t", "pair"), _eq("same", 0), _list_has("a_keys", [key]),
-                               _list_has("b_keys", [key])),
+                condition=_all(_eq("t", "pair"), _eq("key", key), _eq("same", 0),
+                               _list_has("other_keys", [key])),
                 evidence_fields=("a_drug", "b_drug"),
                 limits={"class_name": classes[spec.class_].name},
                 reference=spec.source,
@@ -1251,8 +1311,13 @@ def load_rulebook(root: str | Path) -> Rulebook:
             allergy_names[normalise_name(alias)].append(class_id)
     # With a small rulebook every pair rule fits beside the global rules: one durable call
     # instead of one per drug or class key. A large rulebook keeps pair rules keyed.
+    # durable_rules raises error 303 when more than 64 list tests ($iany) pass for one fact, so
+    # a key with many pair rules keeps a ruleset of its own (one fact then meets one key's rules).
     pair_rules = sum(len(names) for key, names in compiler.rulesets.items() if key.startswith("pair:"))
-    pairs_in_global = pair_rules + len(compiler.rulesets["global"]) <= MAX_RULES_PER_RULESET
+    pair_rule_keys = frozenset(key.removeprefix("pair:") for key in compiler.rulesets if key.startswith("pair:"))
+    pairs_in_global = pair_rules + len(compiler.rulesets["global"]) <= MAX_RULES_PER_RULESET and all(
+        len(names) <= MAX_LIST_TESTS_PER_FACT for key, names in compiler.rulesets.items() if key.startswith("pair:")
+    )
     if pairs_in_global:
         for key in [key for key in compiler.rulesets if key.startswith("pair:")]:
             compiler.rulesets["global"].extend(compiler.rulesets.pop(key))
@@ -1270,6 +1335,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
         examples=examples,
         warnings=compiler.warnings,
         pairs_in_global=pairs_in_global,
+        pair_rule_keys=pair_rule_keys,
     )
 
 
