@@ -5,11 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh test
-if [ -f scripts/postgres.sh ]; then
-  # Prints the URL of a database the queue tests may use.
-  RX_AUDIT_TEST_PG_URL="$(bash scripts/postgres.sh | tail -n 1)"
-  export RX_AUDIT_TEST_PG_URL
-fi
+# Installs (if needed) and starts PostgreSQL; prints `export RX_AUDIT_TEST_PG_URL=…`.
+eval "$(bash scripts/postgres.sh)"
 if [ -f scripts/browser.sh ]; then
   bash scripts/browser.sh
 fi
