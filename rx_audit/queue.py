@@ -1078,7 +1078,7 @@ class ReviewQueue:
             moment = _utc(now)
             try:
                 with self._write() as session:
-                    self._release_expired(session, moment, limit=100)
+                    self._release_expired(session, moment, limit=500)
                     stmt = select(ReviewItemRow).where(*conditions).order_by(*self._queue_order()).limit(1)
                     if self.is_postgres:
                         stmt = stmt.with_for_update(skip_locked=True)

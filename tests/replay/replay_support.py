@@ -1,0 +1,206 @@
+"""Test support for replay: a deterministic stand-in auditor and a batch generator.
+
+The stand-in (``replay_support:make_auditor``) lets the replay, crash and concurrency tests run
+without depending on the rulebook under construction; the real engine is exercised by the
+benchmark and the MIMIC test when ``rules/`` loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rx_audit.models import AuditResult, Finding, parse_prescription
+
+FACILITIES = [("LZH", "凉州户镇分院"), ("HXZ", "黄羊镇卫生院"), ("WWZ", "武威市中心医院"), ("QLZ", "清源镇卫生院")]
+DEPARTMENTS = ["全科", "内科", "儿科", "急诊科"]
+DRUGS = [
+    ("二甲双胍", 500, "mg", "tid"),
+    ("格列齐特", 80, "mg", "bid"),
+    ("格列美脲", 2, "mg", "qd"),
+    ("阿司匹林", 100, "mg", "qd"),
+    ("华法林", 3, "mg", "qd"),
+]
+
+
+class FakeAuditor:
+    """Flags by simple arithmetic rules; ``rules`` ending in ``new`` lowers the dose limit (for --compare)."""
+
+    def __init__(self, rules: str = "fake"):
+        self.limit = 150 if str(rules).endswith("new") else 1000
+        self.rulebook_hash = "sha256:" + hashlib.sha256(f"fake:{self.limit}".encode()).hexdigest()
+
+    def audit(self, record: Any) -> AuditResult:
+        rx = parse_prescription(record)
+        findings: list[Finding] = []
+        for item in rx.items:
+            if (
+                item.dose
+                and item.dose.value * {"qd": 1, "bid": 2, "tid": 3}.get(item.frequency or "qd", 1) > self.limit
+            ):
+                findings.append(
+                    Finding(
+                        rule="fake.dose.daily_max",
+                        category="dose",
+                        severity="warning",
+                        item=item.id,
+                        message="日剂量超量",
+                        source="fake.yaml:1",
+                    )
+                )
+            if item.drug == "二甲双胍" and rx.patient.egfr is not None and rx.patient.egfr < 30:
+                findings.append(
+                    Finding(
+                        rule="fake.metformin.egfr",
+                        category="contraindication",
+                        severity="critical",
+                        item=item.id,
+                        message="eGFR<30",
+                        source="fake.yaml:2",
+                    )
+                )
+        if len({i.drug for i in rx.items}) < len(rx.items):
+            findings.append(
+                Finding(
+                    rule="fake.duplicate",
+                    category="duplicate",
+                    severity="warning",
+                    message="重复给药",
+                    source="fake.yaml:3",
+                )
+            )
+        if not rx.diagnoses:
+            findings.append(
+                Finding(
+                    rule="fake.no_diagnosis",
+                    category="completeness",
+                    severity="info",
+                    message="无诊断",
+                    source="fake.yaml:4",
+                )
+            )
+        rank = {"info": 1, "warning": 2, "critical": 3}
+        severity = max((f.severity for f in findings), key=lambda s: rank[s], default=None)
+        return AuditResult(
+            id=rx.id,
+            flagged=bool(severity) and rank[severity] >= 2,
+            severity=severity,
+            rulebook=self.rulebook_hash,
+            findings=findings,
+        )
+
+
+def make_auditor(rules: Any) -> FakeAuditor:
+    return FakeAuditor(str(rules))
+
+
+def prescription(index: int, rng: random.Random, prefix: str = "RX") -> dict[str, Any]:
+    facility = FACILITIES[index % len(FACILITIES)]
+    items = []
+    for position in range(1 + rng.random().__lt__(0.4) + rng.random().__lt__(0.1)):
+        drug, dose, unit, freq = DRUGS[rng.randrange(len(DRUGS))]
+        items.append(
+            {
+                "id": str(position + 1),
+                "drug": drug,
+                "form": "tablet",
+                "strength": {"value": dose, "unit": unit},
+                "dose": {"value": dose * rng.choice([1, 1, 1, 2]), "unit": unit},
+                "frequency": freq,
+                "route": "po",
+                "days": rng.choice([3, 7, 14, 30]),
+            }
+        )
+    day = 1 + index % 28
+    return {
+        "id": f"{prefix}-{index:07d}",
+        "issued_at": f"2025-03-{day:02d}T{8 + index % 10:02d}:15:00+08:00",
+        "visit_type": "outpatient",
+        "facility": {"id": facility[0], "name": facility[1], "level": "township"},
+        "prescriber": {"id": f"D{index % 37:03d}", "name": "医生"},
+        "department": DEPARTMENTS[index % len(DEPARTMENTS)],
+        "patient": {
+            "id": f"P-{index % 5000}",
+            "sex": "F" if index % 2 else "M",
+            "age_years": 20 + index % 60,
+            "egfr": rng.choice([24, 45, 74, 90, None]),
+        },
+        "diagnoses": [{"code": "E11.900", "name": "2型糖尿病"}] if rng.random() < 0.9 else [],
+        "items": items,
+    }
+
+
+def write_batch(
+    path: Path, count: int, *, seed: int = 7, bad_every: int = 0, prefix: str = "RX", as_array: bool = False
+) -> dict[str, int]:
+    """Write ``count`` lines; every ``bad_every``-th line is broken (alternating not-JSON / invalid dose)."""
+    rng = random.Random(seed)
+    bad = 0
+    with open(path, "w", encoding="utf-8") as out:
+        if as_array:
+            out.write("[\n")
+        for index in range(1, count + 1):
+            if bad_every and index % bad_every == 0:
+                bad += 1
+                if (index // bad_every) % 2 and not as_array:
+                    text = '{"id": "BROKEN-' + str(index) + '", "items": ['
+                else:
+                    record = prescription(index, rng, prefix)
+                    record["items"][0]["dose"]["value"] = -5
+                    text = json.dumps(record, ensure_ascii=False)
+            else:
+                text = json.dumps(prescription(index, rng, prefix), ensure_ascii=False)
+            if as_array:
+                text += ",\n" if index < count else "\n"
+            else:
+                text += "\n"
+            out.write(text)
+        if as_array:
+            out.write("]\n")
+    return {"lines": count, "bad": bad, "good": count - bad}
+
+
+# --- database URLs for tests: SQLite file, or a fresh PostgreSQL schema ---------------------------
+
+
+def pg_base_url() -> str | None:
+    url = os.environ.get("RX_AUDIT_TEST_PG_URL")
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(
+            'RX_AUDIT_TEST_PG_URL is not set: CI must run the queue tests on PostgreSQL (eval "$(scripts/postgres.sh)")'
+        )
+    pytest.skip("RX_AUDIT_TEST_PG_URL not set (run scripts/postgres.sh); PostgreSQL case skipped locally")
+    return None
+
+
+def make_db_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    base = pg_base_url()
+    assert base
+    from sqlalchemy import create_engine, text
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = create_engine(base)
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+
+    def drop() -> None:
+        engine = create_engine(base)
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()
+
+    request.addfinalizer(drop)
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options=-csearch_path%3D{schema}"
