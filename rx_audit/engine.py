@@ -383,11 +383,12 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             same = int(first_drug.id == second_drug.id)
-            # One fact for the same-ingredient check, then one per orientation and per key of
-            # its first drug that starts a pair rule.
-            global_batch.append({"t": "pair", "n": number, "key": "", "a_item": first["item"],
-                                 "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
-                                 "same": same})
+            # A fact for the same-ingredient check when it is one, then one per orientation and
+            # per key of its first drug that starts a pair rule.
+            if same:
+                global_batch.append({"t": "pair", "n": number, "key": "", "a_item": first["item"],
+                                     "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
+                                     "same": same})
             for (a, a_drug), (b, b_drug) in (((first, first_drug), (second, second_drug)),
                                              ((second, second_drug), (first, first_drug))):
                 other_keys = rulebook.pair_keys[b_drug.id]
