@@ -13,5 +13,6 @@ if .venv/bin/rx-audit --help | grep -q replay; then
   .venv/bin/rx-audit replay examples/prescriptions.jsonl --db sqlite:///var/demo.db --report var/demo-report.html
   .venv/bin/rx-audit queue stats --db sqlite:///var/demo.db
   echo
-  echo "审方工作台: .venv/bin/streamlit run review_ui   (demo users in review_ui/users.demo.toml)"
+  echo "审方工作台 (demo users and passwords in review_ui/users.demo.toml):"
+  echo "  RX_AUDIT_DB_URL=sqlite:///var/demo.db RX_AUDIT_USERS=review_ui/users.demo.toml .venv/bin/streamlit run review_ui"
 fi

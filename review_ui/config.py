@@ -1,0 +1,129 @@
+"""Settings of the review UI: where the database, the rulebook and the users file are.
+
+Precedence, highest first:
+
+1. environment: ``RX_AUDIT_DB_URL`` (or ``RX_AUDIT_DB``, the CLI's ``--db`` variable),
+   ``RX_AUDIT_RULES``, ``RX_AUDIT_USERS``, ``RX_AUDIT_REFRESH_SECONDS``;
+2. a TOML config file: ``RX_AUDIT_CONFIG`` if set, else ``rx_audit.toml`` in the working directory
+   if it exists. Keys may be top-level or under a ``[review_ui]`` table::
+
+       db_url = "postgresql+psycopg://rx:secret@db/rx_audit"
+       rules = "/srv/rx_audit/rules"
+       users = "/srv/rx_audit/users.toml"
+       refresh_seconds = 10
+       oidc_default_role = ""      # role for st.login users not listed in the users file ("" = refuse)
+
+3. defaults: ``sqlite:///rx_audit.db``, ``rules``, no users file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB_URL = "sqlite:///rx_audit.db"
+DEFAULT_RULES = "rules"
+DEFAULT_CONFIG_FILE = "rx_audit.toml"
+
+ENV_DB_URL = "RX_AUDIT_DB_URL"
+ENV_DB_CLI = "RX_AUDIT_DB"  # what the rx-audit CLI's --db reads; accepted as a fallback
+ENV_RULES = "RX_AUDIT_RULES"
+ENV_USERS = "RX_AUDIT_USERS"
+ENV_CONFIG = "RX_AUDIT_CONFIG"
+ENV_REFRESH = "RX_AUDIT_REFRESH_SECONDS"
+
+
+class ConfigError(Exception):
+    """The config file cannot be read."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str = DEFAULT_DB_URL
+    rules: str = DEFAULT_RULES
+    users: str | None = None
+    refresh_seconds: float = 10.0
+    page_size: int = 50
+    oidc_default_role: str | None = None
+    idle_minutes: float = 480.0
+    config_file: str | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def redacted_db_url(self) -> str:
+        """The database URL with any password replaced by ``***`` (for display)."""
+        return redact_url(self.db_url)
+
+
+def redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"配置文件无法读取 (cannot read config file) {path}: {error}") from error
+    section = data.get("review_ui")
+    merged = {key: value for key, value in data.items() if not isinstance(value, dict)}
+    if isinstance(section, dict):
+        merged.update(section)
+    return merged
+
+
+def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Read the settings from the environment and the config file (see module doc)."""
+    env = os.environ if environ is None else environ
+    base = Path.cwd() if cwd is None else cwd
+    config_path: Path | None = None
+    if env.get(ENV_CONFIG):
+        config_path = Path(env[ENV_CONFIG])
+        if not config_path.is_absolute():
+            config_path = base / config_path
+        if not config_path.is_file():
+            raise ConfigError(f"{ENV_CONFIG} 指向的文件不存在 (config file not found): {config_path}")
+    elif (base / DEFAULT_CONFIG_FILE).is_file():
+        config_path = base / DEFAULT_CONFIG_FILE
+    file_values = _read_file(config_path) if config_path else {}
+
+    sources: dict[str, str] = {}
+
+    def pick(key: str, env_name: str | tuple[str, ...] | None, default: Any) -> Any:
+        names = (env_name,) if isinstance(env_name, str) else (env_name or ())
+        for name in names:
+            if env.get(name):
+                sources[key] = f"env {name}"
+                return env[name]
+        if key in file_values and file_values[key] not in (None, ""):
+            sources[key] = str(config_path)
+            return file_values[key]
+        sources[key] = "default"
+        return default
+
+    try:
+        refresh = float(pick("refresh_seconds", ENV_REFRESH, 10.0))
+        page_size = int(pick("page_size", None, 50))
+        idle = float(pick("idle_minutes", None, 480.0))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"配置值无效 (invalid config value): {error}") from error
+    users = pick("users", ENV_USERS, None)
+    role = pick("oidc_default_role", None, None)
+    return Settings(
+        db_url=str(pick("db_url", (ENV_DB_URL, ENV_DB_CLI), DEFAULT_DB_URL)),
+        rules=str(pick("rules", ENV_RULES, DEFAULT_RULES)),
+        users=str(users) if users else None,
+        refresh_seconds=max(refresh, 1.0),
+        page_size=max(min(page_size, 500), 5),
+        oidc_default_role=str(role) if role else None,
+        idle_minutes=idle,
+        config_file=str(config_path) if config_path else None,
+        sources=sources,
+    )

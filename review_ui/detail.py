@@ -1,0 +1,216 @@
+"""Rendering one review item (``ReviewQueue.get`` → ``ReviewDetail``): patient, diagnoses, the
+items with each finding on its item, the findings with rule, evidence, source and reference,
+and the earlier versions and decisions of the same prescription.
+
+Shared by the workbench (which adds the decision forms) and search (read-only).
+The patient's name is never shown or logged, even when the HIS sends one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from review_ui import ui
+from rx_audit.errors import RxAuditError
+from rx_audit.models import parse_prescription
+
+
+def patient_age(prescription: dict[str, Any]) -> float | None:
+    patient = prescription.get("patient") or {}
+    if isinstance(patient.get("age_years"), (int, float)):
+        return float(patient["age_years"])
+    try:
+        return parse_prescription(prescription).age_years_at_issue()
+    except RxAuditError:
+        return None
+
+
+def _number(value: Any, unit: str = "") -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:g}{unit}"
+    return "—"
+
+
+def patient_block(prescription: dict[str, Any]) -> None:
+    patient = prescription.get("patient") or {}
+    age = patient_age(prescription)
+    c = st.columns(7)
+    c[0].metric("年龄 age", f"{age:.3g}岁" if age is not None else "—")
+    c[1].metric("性别 sex", ui.SEX_LABELS.get(patient.get("sex"), "—"))
+    c[2].metric("体重 weight", _number(patient.get("weight_kg"), " kg"))
+    c[3].metric("eGFR", _number(patient.get("egfr")))
+    c[4].metric("妊娠 pregnant", ui.yes_no(patient.get("pregnant")))
+    c[5].metric("哺乳 lactating", ui.yes_no(patient.get("lactating")))
+    c[6].metric("肝功能 hepatic", patient.get("hepatic_impairment") or "—")
+    allergies = patient.get("allergies")
+    if allergies:
+        allergy_text = "、".join(str(a) for a in allergies)
+    else:
+        allergy_text = "无 none" if allergies == [] else "未填 not recorded"
+    st.markdown(f"**过敏史 allergies:** {allergy_text}")
+    diagnoses = []
+    for entry in prescription.get("diagnoses") or []:
+        if isinstance(entry, dict):
+            diagnoses.append(f"`{entry.get('code') or '?'}` {entry.get('name') or ''}".strip())
+        else:
+            diagnoses.append(f"`{entry}`")
+    st.markdown("**诊断 diagnoses:** " + ("；".join(diagnoses) or "无 none"))
+
+
+def _quantity(value: Any) -> str:
+    if isinstance(value, dict) and isinstance(value.get("value"), (int, float)):
+        return f"{value['value']:g} {value.get('unit', '')}".strip()
+    return ""
+
+
+def _worst(findings: list[dict[str, Any]]) -> str | None:
+    return max((f.get("severity") for f in findings), key=lambda s: ui.SEVERITY_RANK.get(s, 0), default=None)
+
+
+def items_block(prescription: dict[str, Any], findings: list[dict[str, Any]]) -> None:
+    """The items as a table, each row coloured by its worst finding, the findings on their item."""
+    by_item: dict[str, list[dict[str, Any]]] = {}
+    for finding in findings:
+        by_item.setdefault(str(finding.get("item") or ""), []).append(finding)
+    rows = []
+    for position, item in enumerate(prescription.get("items") or [], start=1):
+        item_id = str(item.get("id") or position)
+        item_findings = sorted(by_item.get(item_id, []), key=lambda f: -ui.SEVERITY_RANK.get(f.get("severity"), 0))
+        rows.append(
+            {
+                "#": item_id,
+                "药品 drug": item.get("drug"),
+                "剂型 form": item.get("form") or "",
+                "规格 strength": _quantity(item.get("strength")),
+                "单次剂量 dose": _quantity(item.get("dose")),
+                "频次 freq": item.get("frequency") or "",
+                "途径 route": item.get("route") or "",
+                "天数 days": item.get("days"),
+                "数量 qty": _quantity(item.get("quantity")),
+                "问题 findings": "；".join(
+                    f"{ui.SEVERITY_ICONS.get(f.get('severity'), '')}{f.get('message')}" for f in item_findings
+                )
+                or "—",
+                "severity_key": _worst(item_findings),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        st.caption("无药品 (no items)")
+        return
+    st.dataframe(
+        frame.style.apply(ui.row_style_by_severity(), axis=1),
+        hide_index=True,
+        width="stretch",
+        column_order=[c for c in frame.columns if c != "severity_key"],
+    )
+
+
+def findings_block(findings: list[dict[str, Any]]) -> None:
+    """Each finding, most severe first: message, category, rule, evidence, source, reference."""
+    if not findings:
+        st.caption("无发现 (no findings)")
+    for finding in sorted(findings, key=lambda f: -ui.SEVERITY_RANK.get(f.get("severity"), 0)):
+        level = finding.get("severity")
+        box = {"critical": st.error, "warning": st.warning}.get(str(level), st.info)
+        where = (
+            f"第{finding['item']}项 item {finding['item']}" if finding.get("item") else "整张处方 whole prescription"
+        )
+        lines = [
+            f"**{ui.severity_label(level)} · {ui.category_label(finding.get('category'))}** · {where}",
+            str(finding.get("message") or ""),
+            f"规则 rule `{finding.get('rule')}` · 来源 source `{finding.get('source')}`",
+        ]
+        evidence = finding.get("evidence") or {}
+        if evidence:
+            lines.append("证据 evidence: " + ", ".join(f"{k} = {v}" for k, v in evidence.items()))
+        if finding.get("reference"):
+            lines.append(f"临床依据 reference: {finding['reference']}")
+        box("  \n".join(lines))
+
+
+def history_block(detail: Any) -> None:
+    """Earlier (and later) versions of the same prescription and every decision taken on it."""
+    current = ui.g(ui.g(detail, "item"), "id")
+    versions = ui.g(detail, "versions") or []
+    decisions = ui.g(detail, "decisions") or []
+    if len(versions) <= 1 and not decisions:
+        st.caption("首次提交，无早期版本或审核记录 (first version; no earlier decisions).")
+        return
+    if decisions:
+        st.markdown("**审核与双签记录 decisions**")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "时间 time": ui.local_time(ui.g(d, "at")),
+                        "版本 v": ui.g(d, "version"),
+                        "人员 by": ui.g(d, "actor"),
+                        "角色 role": ui.g(d, "role"),
+                        "结论 action": ui.ACTION_LABELS.get(ui.g(d, "action"), ui.g(d, "action")),
+                        "原因 reason": ui.g(d, "reason_code") or "",
+                        "备注 comment": ui.g(d, "comment") or "",
+                    }
+                    for d in decisions
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    if versions:
+        st.markdown("**版本 versions**")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "版本 v": ui.g(v, "version"),
+                        "接收 received": ui.local_time(ui.g(v, "received_at")),
+                        "等级 severity": ui.severity_label(ui.g(v, "severity")),
+                        "状态 status": ui.status_label(ui.g(v, "status")),
+                        "当前 current": "◀" if ui.g(v, "item_id") == current and current is not None else "",
+                        "规则库 rulebook": (ui.g(v, "rulebook") or "")[:19],
+                    }
+                    for v in versions
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+
+
+def header_block(detail: Any) -> None:
+    item = ui.g(detail, "item")
+    prescription = ui.g(detail, "prescription") or {}
+    facility = prescription.get("facility") or {}
+    prescriber = prescription.get("prescriber") or {}
+    patient = prescription.get("patient") or {}
+    version = ui.g(item, "version")
+    st.markdown(
+        f"{ui.severity_md(ui.g(item, 'severity'))} · {ui.status_label(ui.g(item, 'status'))}"
+        + (f" · 第{version}版 v{version}" if version and version > 1 else "")
+        + f" · 机构 {facility.get('name') or ui.g(item, 'facility_id') or '—'}"
+        f" · 科室 {prescription.get('department') or '—'}"
+        f" · 医生 {prescriber.get('id') or '—'}"
+        f" · 开具 {ui.format_time(prescription.get('issued_at'))}"
+        f" · 就诊 {prescription.get('visit_type') or '—'}"
+        f" · 患者 `{patient.get('id') or '—'}`"
+    )
+    if ui.g(item, "double_sign_reason"):
+        st.warning(f"医生双签理由 doctor's double-sign reason: {ui.g(item, 'double_sign_reason')}", icon="✍️")
+
+
+def show_detail(detail: Any, history_expanded: bool = False) -> None:
+    """Everything about one item except the decision forms."""
+    prescription = ui.g(detail, "prescription") or {}
+    findings = (ui.g(detail, "result") or {}).get("findings") or []
+    header_block(detail)
+    patient_block(prescription)
+    st.markdown("##### 药品 Items")
+    items_block(prescription, findings)
+    st.markdown("##### 审核发现 Findings")
+    findings_block(findings)
+    with st.expander("早期版本与审核记录 Earlier versions and decisions", expanded=history_expanded):
+        history_block(detail)

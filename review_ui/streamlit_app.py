@@ -1,0 +1,55 @@
+"""rx_audit review UI — ``streamlit run review_ui`` (this file is the entry point).
+
+Signed out, only the sign-in page exists: no page that could show patient data is even
+registered with ``st.navigation``. Signed in, pharmacists get 审方工作台 / 检索 / 统计 / 规则库;
+admins also get 管理.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from review_ui import auth, backend  # noqa: E402
+from review_ui.auth import ROLE_LABELS  # noqa: E402
+
+logging.getLogger("rx_audit").setLevel(logging.INFO)
+
+st.set_page_config(page_title="处方审核 rx_audit", page_icon="💊", layout="wide")
+
+settings = backend.settings_or_stop()
+user = backend.signed_in_user(settings)
+
+if user is None:
+    navigation = st.navigation(
+        [st.Page("views/signin.py", title="登录 Sign in", icon="🔐", url_path="signin", default=True)],
+        position="hidden",
+    )
+    navigation.run()
+    st.stop()
+
+pages = [
+    st.Page("views/workbench.py", title="审方工作台 Workbench", icon="🩺", url_path="workbench", default=True),
+    st.Page("views/search.py", title="检索 Search", icon="🔎", url_path="search"),
+    st.Page("views/statistics.py", title="统计 Statistics", icon="📊", url_path="statistics"),
+    st.Page("views/rulebook.py", title="规则库 Rulebook", icon="📚", url_path="rulebook"),
+]
+if user.is_admin:
+    pages.append(st.Page("views/admin.py", title="管理 Admin", icon="⚙️", url_path="admin"))
+
+with st.sidebar:
+    st.markdown(f"**{user.name}**  \n`{user.id}` · {ROLE_LABELS.get(user.role, user.role)}")
+    if user.facilities:
+        st.caption("负责机构 facilities: " + ", ".join(user.facilities))
+    if st.button("退出登录 Sign out", key="sign_out", icon="🚪"):
+        auth.sign_out()
+        st.rerun()
+
+st.navigation(pages).run()

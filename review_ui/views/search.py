@@ -1,0 +1,127 @@
+"""检索 Search — by prescription id, patient id, prescriber, facility, date and verdict (paged)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from review_ui import backend, ui
+from review_ui import detail as detail_view
+from rx_audit.errors import NotFoundError
+
+backend.require_user()
+settings = backend.settings_or_stop()
+queue = backend.queue(settings)
+
+st.title("🔎 检索 Search")
+
+VERDICTS = [
+    None,
+    "flagged",
+    "clean",
+    "pending",
+    "claimed",
+    "approved",
+    "returned",
+    "double_signed",
+    "escalated",
+    "auto_passed",
+]
+
+with st.form("search"):
+    c1, c2, c3 = st.columns(3)
+    prescription_id = c1.text_input("处方号 prescription id", key="s_rx").strip() or None
+    patient_id = c2.text_input("患者号 patient id", key="s_patient").strip() or None
+    prescriber_id = c3.text_input("医生 prescriber id", key="s_prescriber").strip() or None
+    c4, c5, c6 = st.columns(3)
+    facility_id = c4.text_input("机构 facility id", key="s_facility").strip() or None
+    with c5:
+        use_dates = st.checkbox("按开具日期 filter by issue date", key="s_use_dates")
+        dates = st.date_input(
+            "日期 date range",
+            value=(date.today() - timedelta(days=30), date.today()),
+            key="s_dates",
+            label_visibility="collapsed",
+        )
+    verdict = c6.selectbox(
+        "结论 verdict", VERDICTS, key="s_verdict", format_func=lambda v: "全部 all" if v is None else ui.status_label(v)
+    )
+    submitted = st.form_submit_button("检索 Search", type="primary")
+
+if submitted:
+    st.session_state["s_page"] = 0
+    st.session_state["s_query"] = {
+        "prescription_id": prescription_id,
+        "patient_id": patient_id,
+        "prescriber_id": prescriber_id,
+        "facility_id": facility_id,
+        "date_from": dates[0] if use_dates and isinstance(dates, (tuple, list)) and len(dates) > 0 else None,
+        "date_to": dates[1] if use_dates and isinstance(dates, (tuple, list)) and len(dates) > 1 else None,
+        "verdict": verdict,
+    }
+
+query = st.session_state.get("s_query")
+if query is not None:
+    page = st.session_state.get("s_page", 0)
+    page_size = settings.page_size
+    results = queue.search(**query, limit=page_size + 1, offset=page * page_size)
+    has_more = len(results) > page_size
+    results = results[:page_size]
+    if not results:
+        st.info("无结果 (no results).")
+    else:
+        frame = pd.DataFrame(
+            [
+                {
+                    "处方 prescription": r.prescription_id,
+                    "版本 v": r.version,
+                    "开具 issued": ui.local_time(r.issued_at) if r.issued_at else (r.day or ""),
+                    "患者 patient": r.patient_id,
+                    "医生 prescriber": r.prescriber_id,
+                    "机构 facility": r.facility_name or r.facility_id,
+                    "科室 department": r.department,
+                    "等级 severity": ui.severity_label(r.severity),
+                    "状态 status": ui.status_label(r.status)
+                    if r.status
+                    else ui.status_label("flagged" if r.flagged else "clean"),
+                    "规则库 rulebook": (r.rulebook or "")[:19],
+                    "item_id": r.item_id,
+                    "severity_key": r.severity,
+                }
+                for r in results
+            ]
+        )
+        st.caption(f"第 {page + 1} 页 page {page + 1} · {len(results)} 条")
+        event = st.dataframe(
+            frame.style.apply(ui.row_style_by_severity(), axis=1),
+            hide_index=True,
+            width="stretch",
+            column_order=[c for c in frame.columns if c not in ("severity_key", "item_id")],
+            on_select="rerun",
+            selection_mode="single-row",
+            key="s_table",
+        )
+        prev_col, next_col, _ = st.columns([1, 1, 6])
+        if prev_col.button("上一页 Prev", disabled=page == 0, key="s_prev"):
+            st.session_state["s_page"] = page - 1
+            st.rerun()
+        if next_col.button("下一页 Next", disabled=not has_more, key="s_next"):
+            st.session_state["s_page"] = page + 1
+            st.rerun()
+        selected = event.selection.rows if event is not None else []
+        st.caption("选中一行查看详情 (select a row for the details)")
+        item_id = frame.iloc[selected[0]]["item_id"] if selected else None
+        if selected and pd.isna(item_id):
+            st.info("该处方未被拦截，不在审方队列中 (not flagged; no review item).")
+        elif selected:
+            item_id = int(item_id)  # type: ignore[arg-type]
+            try:
+                detail = queue.get(item_id)
+            except NotFoundError:
+                st.warning("记录不存在 (not found).")
+            else:
+                st.divider()
+                st.subheader(f"处方 {detail.item.prescription_id}")
+                detail_view.show_detail(detail, history_expanded=True)
