@@ -79,7 +79,7 @@ class _Registered:
         self.handles: dict[str, int] = {}
         self.shards: dict[str, list[str]] = defaultdict(list)
         self.closed = False
-        self.fields = rulebook.fields_read()
+        self.fields = {name: tuple(sorted(fields)) for name, fields in rulebook.fields_read().items()}
         self.lists = {name: rulebook.list_vocabulary(name) for name in _FILTERED_LISTS}
         definitions = rulebook.ruleset_definitions()
         with _DURABLE_LOCK:
@@ -112,7 +112,7 @@ class _Registered:
         # A fact carries only the fields its ruleset reads: durable parses every byte we send.
         # Non-ASCII stays raw UTF-8: durable_rules compares the bytes and does not decode \u escapes.
         fields = self.fields[logical]
-        slim = [{k: v for k, v in fact.items() if k in fields} for fact in facts]
+        slim = [{k: fact[k] for k in fields if k in fact} for fact in facts]
         for list_field in _FILTERED_LISTS:
             if list_field in fields:
                 wanted = self.lists[list_field].get(logical, frozenset())
