@@ -182,7 +182,7 @@ _FORM_KEYWORDS: tuple[tuple[str, str], ...] = (
     ("栓", "rectal"), ("suppositor", "rectal"), ("灌肠", "rectal"),
     ("乳膏", "topical"), ("软膏", "topical"), ("凝胶", "topical"), ("贴", "topical"), ("搽剂", "topical"),
     ("洗剂", "topical"), ("cream", "topical"), ("ointment", "topical"), ("gel", "topical"), ("patch", "topical"),
-    ("lotion", "topical"), ("topical", "topical"),
+    ("lotion", "topical"), ("topical", "topical"), ("乳胶", "topical"), ("酊", "topical"), ("膏", "topical"),
     ("混悬", "oral_liquid"), ("糖浆", "oral_liquid"), ("口服液", "oral_liquid"), ("口服溶液", "oral_liquid"),
     ("滴剂", "oral_liquid"), ("溶液", "oral_liquid"), ("suspension", "oral_liquid"), ("syrup", "oral_liquid"),
     ("solution", "oral_liquid"), ("elixir", "oral_liquid"), ("drops", "oral_liquid"), ("liquid", "oral_liquid"),
