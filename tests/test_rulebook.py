@@ -167,3 +167,19 @@ def test_shipped_rulebook_loads_and_covers_the_fifty_drugs(rules_dir):
         assert not missing, f"DRUGS.md drugs without a monograph: {missing}"
     assert all(rule.source and (rule.reference or rule.id.startswith(("completeness", "duplicate.same")))
                for rule in rulebook.rules.values() if rule.missing_field is None)
+
+
+@pytest.mark.parametrize(
+    ("written", "drug"),
+    [
+        ("盐酸二甲双胍缓释片", "metformin"),  # salt and release form around the generic name
+        ("苯磺酸氨氯地平片", "amlodipine"),
+        ("注射用头孢呋辛钠", "cefuroxime"),
+        ("Metformin Hydrochloride Tablets", "metformin"),
+        ("氨氯地平贝那普利片", None),  # a combination is not one of its ingredients
+        ("复方甘草片", None),
+    ],
+)
+def test_drug_names_as_his_write_them(rules_dir, written, drug):
+    found = load_rulebook(rules_dir).drug_for(written)
+    assert (found.id if found else None) == drug
