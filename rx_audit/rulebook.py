@@ -914,6 +914,7 @@ def _compile_drug(compiler: _Compiler, spec: DrugFile, path: Path, drug: Drug) -
             condition=_all(base, _cmp("$gt", "dx_count", 0), not_indicated),
             evidence_fields=("dx",),
             limits={"codes": indication.codes, "exclude": indication.exclude},
+            reference=indication.source,
             drug=drug.id,
         )
         compiler.add(ruleset, rule)
