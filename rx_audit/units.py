@@ -152,6 +152,9 @@ _ROUTE_ALIASES = {
     "inhalation": "inh", "外用": "top", "涂抹": "top", "topical": "top", "tp": "top", "直肠": "pr",
     "塞肛": "pr", "纳肛": "pr", "rectal": "pr", "舌下": "sl", "舌下含服": "sl", "sublingual": "sl",
     "滴眼": "oph", "眼用": "oph", "滴鼻": "nas", "鼻用": "nas", "阴道": "vag", "鼻饲": "po", "ng": "po",
+    "阴道给药": "vag", "阴道用": "vag", "直肠给药": "pr", "口服给药": "po", "静脉滴注给药": "ivgtt",
+    "肌内注射给药": "im",
+    "皮下注射给药": "sc", "吸入给药": "inh", "经眼给药": "oph", "经鼻给药": "nas", "局部外用": "top",
 }
 
 
