@@ -261,10 +261,6 @@ class Contraindication(_Spec):
         return self
 
 
-class ExamplePatient(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
 class Example(_Spec):
     name: str
     visit_type: str = "outpatient"
@@ -367,7 +363,6 @@ CUSTOM_PRESCRIPTION_FIELDS = frozenset({
     "visit", "age", "sex", "weight", "egfr", "pregnant", "lactating", "hepatic", "facility", "facility_level",
     "department", "prescriber", "item_count", "dx_count",
 })
-_OPERATORS = {"eq", "ne", "lt", "le", "gt", "ge", "in", "not_in"}
 
 
 class CustomCondition(_Spec):
@@ -449,7 +444,6 @@ class CompiledRule:
         except ValueError:
             names = set()
         self.placeholders = frozenset(names)
-    # For pair rules (interactions, duplicates): evidence takes both items.
 
 
 @dataclass

@@ -10,22 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from replay_support import make_db_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return make_db_url(request.param, tmp_path, request)
-
-
-@pytest.fixture
-def queue(db_url: str):
-    from rx_audit.queue import ReviewQueue
-
-    q = ReviewQueue(db_url)
-    yield q
-    q.close()
+# The fixtures live in replay_support, shared by both suites.
+from replay_support import db_url, queue  # noqa: F401

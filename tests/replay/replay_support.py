@@ -204,3 +204,18 @@ def make_db_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
     request.addfinalizer(drop)
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The queue and replay suites run every test on a SQLite file and on PostgreSQL."""
+    return make_db_url(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def queue(db_url: str):
+    from rx_audit.queue import ReviewQueue
+
+    q = ReviewQueue(db_url)
+    yield q
+    q.close()
