@@ -268,6 +268,28 @@ _route = lru_cache(maxsize=1024)(normalise_route)
 _frequency = lru_cache(maxsize=1024)(normalise_frequency)
 
 
+# Forms and routes that act where they are applied. Inhalers count as local here: a rule about an
+# inhaled drug's systemic effect simply does not ask for `systemic`.
+_LOCAL_FORMS = frozenset({"topical", "ophthalmic", "nasal", "inhalation"})
+_LOCAL_ROUTES = frozenset({"top", "oph", "nas", "inh", "vag"})
+
+
+def _systemic(form_group: str | None, route: str | None) -> int:
+    """1 unless the form (or, without a known form, the route) is local; unknown counts as systemic."""
+    if form_group is not None:
+        return int(form_group not in _LOCAL_FORMS)
+    return int(route not in _LOCAL_ROUTES)
+
+
+def _may_pair(rulebook: Rulebook, first: Drug, second: Drug) -> bool:
+    """Whether any pair rule could match these two drugs, in either order."""
+    first_keys, second_keys = rulebook.pair_keys[first.id], rulebook.pair_keys[second.id]
+    partners = rulebook.pair_partners
+    return any(not partners.get(key, frozenset()).isdisjoint(second_keys) for key in first_keys) or any(
+        not partners.get(key, frozenset()).isdisjoint(first_keys) for key in second_keys
+    )
+
+
 def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
     """Normalise a prescription into durable facts; every value a rule compares is checked here."""
     patient = prescription.patient
@@ -308,7 +330,7 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
         found = list(rulebook.allergy_names.get(normalise_name(text), []))
         drug = rulebook.drug_for(text)
         if drug is not None:
-            found.extend((drug.id, *drug.allergy_classes))
+            found.extend(drug.allergy_implied)
         for allergy_id in found:
             allergy_ids.add(allergy_id)
             allergy_text.setdefault(allergy_id, text)
@@ -343,6 +365,7 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
                 fact["route"] = route
             else:
                 fact["raw_route"] = item.route
+        fact["sys"] = _systemic(fact.get("form_group"), fact.get("route"))
         times = None
         if item.frequency:
             frequency = _frequency(item.frequency)
@@ -383,6 +406,8 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             same = int(first_drug.id == second_drug.id)
+            if not same and not _may_pair(rulebook, first_drug, second_drug):
+                continue
             # A fact for the same-ingredient check when it is one, then one per orientation and
             # per key of its first drug that starts a pair rule.
             if same:
@@ -393,10 +418,14 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
                                              ((second, second_drug), (first, first_drug))):
                 other_keys = rulebook.pair_keys[b_drug.id]
                 for key in rulebook.pair_keys[a_drug.id]:
-                    if key not in rulebook.pair_rule_keys:
+                    partners = rulebook.pair_partners.get(key)
+                    if not partners or partners.isdisjoint(other_keys):
                         continue
                     pair = {"t": "pair", "n": number, "key": key, "a_item": a["item"], "b_item": b["item"],
-                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": same}
+                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": same,
+                            "a_sys": a["sys"], "b_sys": b["sys"]}
+                    _put(pair, "a_daily", a.get("daily"))
+                    _put(pair, "b_daily", b.get("daily"))
                     batches["global" if rulebook.pairs_in_global else f"pair:{key}"].append(pair)
     return _Facts(batches=batches, dx_codes=dx_codes, allergy_text=allergy_text)
 
@@ -462,14 +491,15 @@ def _result(
     twins: dict[tuple[str | None, str], tuple[CompiledRule, set[str], dict[str, Any]]] = {}
     structural: dict[str | None, set[str]] = defaultdict(set)
 
+    # A symmetric pair rule fires in both orientations: keep the one in prescription order.
+    fired = sorted(fired, key=lambda entry: order.get(entry[1].get("a_item"), 0))
     for rule_name, fact in fired:
         rule = rulebook.rules[rule_name]
         if rule.scope == "pair":
-            # Both orientations of a pair may fire a rule: report it once, on the later item.
-            first_item, item = sorted((fact["a_item"], fact["b_item"]), key=lambda i: order.get(i, 0))
-            if fact["a_item"] != first_item:
-                fact = {**fact, "a_item": fact["b_item"], "b_item": fact["a_item"],
-                        "a_drug": fact["b_drug"], "b_drug": fact["a_drug"]}
+            # Both orientations of a pair may fire a rule: report it once, on the later item. The
+            # fact keeps the orientation it fired in: {a} is the drug of the rule's first selector,
+            # as its message is written, whatever the order on the prescription.
+            item = max(fact["a_item"], fact["b_item"], key=lambda i: order.get(i, 0))
         else:
             item = fact.get("item") if rule.scope == "item" else None
         if rule.missing_field is not None:
@@ -479,7 +509,7 @@ def _result(
             continue
         if rule.id.startswith(("completeness.missing.", "completeness.unusable.")) and rule.scope == "item":
             structural[item].update(_STRUCTURAL_COVERS.get(rule.id.rsplit(".", 1)[1], ()))
-        identity = (rule.id, item if rule.scope != "pair" else (fact["a_item"], fact["b_item"]))
+        identity = (rule.id, item if rule.scope != "pair" else frozenset((fact["a_item"], fact["b_item"])))
         if identity in seen:
             continue
         seen.add(identity)

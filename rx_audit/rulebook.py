@@ -15,6 +15,7 @@ same gate with ``field`` absent, which fires a ``completeness`` finding instead 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import string
@@ -170,6 +171,12 @@ class Condition(_Spec):
     egfr_max: float | None = Field(None, gt=0)
     weight_min: float | None = Field(None, ge=0)
     weight_max: float | None = Field(None, gt=0)
+    # The item's own daily dose (drug unit) and days of supply, [min, max): a low-dose regimen
+    # that is not contraindicated (aspirin 75–150 mg in pregnancy), a loading day (clopidogrel).
+    daily_min: float | None = Field(None, ge=0)
+    daily_max: float | None = Field(None, gt=0)
+    days_min: float | None = Field(None, ge=0)
+    days_max: float | None = Field(None, gt=0)
     sex: Literal["M", "F"] | None = None
     pregnant: bool | None = None
     lactating: bool | None = None
@@ -200,7 +207,8 @@ class Condition(_Spec):
 
 
 _CONDITION_FIELDS = (
-    "age_min", "age_max", "egfr_min", "egfr_max", "weight_min", "weight_max", "sex", "pregnant", "lactating",
+    "age_min", "age_max", "egfr_min", "egfr_max", "weight_min", "weight_max", "daily_min", "daily_max", "days_min",
+    "days_max", "sex", "pregnant", "lactating",
     "hepatic", "diagnoses", "release", "forms", "routes",
 )
 
@@ -227,6 +235,9 @@ class Regimen(_Spec):
     per_day_per_kg: Limit | None = None
     frequencies: list[str] | None = None
     severity: SeverityName = "warning"
+    # A frequency outside the label is a 用法 question, not an overdose: a regimen's severity
+    # (critical for paracetamol > 4 g/day) must not leak into it. Default: warning at most.
+    frequency_severity: SeverityName | None = None
     message: str | None = None
     source: str = Field(min_length=2)
 
@@ -301,8 +312,18 @@ class DrugInfo(_Spec):
         return value
 
 
+class ReviewRecord(_Spec):
+    """Who confirmed a monograph, when, against which label edition (医疗机构处方审核规范 第十条)."""
+
+    by: str = Field(min_length=1)
+    date: dt.date
+    against: str = Field(min_length=2)  # the label edition / guideline version read
+    notes: str | None = None
+
+
 class DrugFile(_Spec):
     drug: DrugInfo
+    review: list[ReviewRecord] = Field(default_factory=list)
     indication: Indication | None = None
     dose: list[Regimen] = Field(default_factory=list)
     contraindications: list[Contraindication] = Field(default_factory=list)
@@ -320,12 +341,23 @@ class AllergyClassSpec(_Spec):
     name: str
     names: list[str] = Field(default_factory=list)
     cross_reactive: dict[str, SeverityName] = Field(default_factory=dict)
+    # Whether an allergy written as one member drug (阿莫西林过敏) counts as an allergy to the
+    # whole class. True for chemical families (penicillins); false for umbrella groups that span
+    # families (β-lactams, sulfonamide-containing drugs): there the link is cross-reactivity, a
+    # warning written in `cross_reactive`, never a block.
+    propagate: bool = True
     source: str = Field(min_length=2)
 
 
 class Selector(_Spec):
     drug: str | None = None
     class_: str | None = Field(None, alias="class")
+    # Only items that act systemically (oral, injection, rectal, or a form not stated): a topical
+    # NSAID gel does not interact with warfarin as an oral NSAID does.
+    systemic: bool = False
+    # Only when this item's daily dose (the drug's unit) is at least this much; an unknown daily
+    # dose counts as reaching it (the conservative reading), and the evidence says so.
+    daily_min: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Selector:
@@ -350,6 +382,7 @@ class InteractionSpec(_Spec):
 class DuplicateSpec(_Spec):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     class_: str = Field(alias="class")
+    systemic: bool = False  # both items systemic (see Selector.systemic)
     severity: SeverityName = "warning"
     message: str = "重复给药：{a}与{b}同属{class_name}"
     source: str = Field(min_length=2)
@@ -460,6 +493,8 @@ class Drug:
     source: str
     path: str
     line: int
+    # What an allergy written as this drug's name means: the drug and its propagating classes.
+    allergy_implied: tuple[str, ...] = ()
 
 
 @dataclass
@@ -489,6 +524,9 @@ class Rulebook:
     warnings: list[str]
     pairs_in_global: bool = True
     pair_rule_keys: frozenset[str] = frozenset()  # drug ids and "class:…" that start a pair rule
+    # first key -> the second keys some pair rule pairs it with: a pair fact is built only for
+    # two items some rule could match, so the cost follows the interactions, not items².
+    pair_partners: dict[str, frozenset[str]] = field(default_factory=dict)
 
     pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
     _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
@@ -726,7 +764,8 @@ class _Gate:
 
 def _gate_of(condition: Condition) -> _Gate:
     gate = _Gate()
-    for name, fact_field in (("age", "age"), ("egfr", "egfr"), ("weight", "weight")):
+    for name, fact_field in (("age", "age"), ("egfr", "egfr"), ("weight", "weight"), ("daily", "daily"),
+                             ("days", "days")):
         low, high = getattr(condition, f"{name}_min"), getattr(condition, f"{name}_max")
         if low is not None:
             gate.add(fact_field, _cmp("$gte", fact_field, low))
@@ -963,10 +1002,13 @@ def _compile_drug(compiler: _Compiler, spec: DrugFile, path: Path, drug: Drug) -
                 tests[needs[0]] = [_cmp(op, fact_field, value)]
                 compiler.add_with_twins(ruleset, rule, gate, tests)
         if regimen.frequencies:
+            frequency_severity = regimen.frequency_severity or min(
+                regimen.severity, "warning", key=lambda name: SEVERITY_RANK[name]
+            )
             rule = CompiledRule(
                 id=f"{drug.id}.dose.{regimen.id}.frequency",
                 category="dose",
-                severity=regimen.severity,
+                severity=frequency_severity,
                 message=regimen.message
                 or f"{{drug}}用药频次 {{freq}} 不适宜（{label}可用：{'/'.join(regimen.frequencies)}）",
                 source=src(regimen.line_of("frequencies")),
@@ -1033,7 +1075,8 @@ def _compile_drug(compiler: _Compiler, spec: DrugFile, path: Path, drug: Drug) -
         if contra.when.pregnant or contra.when.lactating:
             gate.add("sex", _eq("sex", "F"))
         limits: dict[str, Any] = {}
-        for bound in ("age_min", "age_max", "egfr_min", "egfr_max", "weight_min", "weight_max"):
+        for bound in ("age_min", "age_max", "egfr_min", "egfr_max", "weight_min", "weight_max", "daily_min",
+                      "daily_max", "days_min", "days_max"):
             if getattr(contra.when, bound) is not None:
                 limits["limit"] = getattr(contra.when, bound)
         if contra.when.diagnoses:
@@ -1247,7 +1290,14 @@ def load_rulebook(root: str | Path) -> Rulebook:
             id=info.id, name=info.name, names=info.names, atc=info.atc, classes=info.classes,
             allergy_classes=info.allergy_classes, unit=info.unit, chronic=info.chronic, forms=info.forms,
             source=info.source, path=compiler.rel(path), line=info.line,
+            allergy_implied=(info.id, *(name for name in info.allergy_classes
+                                        if name in allergy_specs and allergy_specs[name].propagate)),
         )
+        if not spec.review:
+            compiler.warnings.append(
+                f"{compiler.rel(path)}:{info.line}: no review record (review: by/date/against) — "
+                "a second pharmacist has not confirmed this monograph (rules/REVIEW.md)"
+            )
         drugs[drug.id] = drug
         for alias in [info.id, info.name, *info.names, *info.atc]:
             key = normalise_name(alias)
@@ -1277,8 +1327,10 @@ def load_rulebook(root: str | Path) -> Rulebook:
             return drugs[selector.drug].name
         return classes[selector.class_ or ""].name
 
+    partners: dict[str, set[str]] = defaultdict(set)
     for path, spec in interactions:
         first, second = spec.between
+        partners[first.key].add(second.key)
         if not (selector_known(first, path, first.line) and selector_known(second, path, second.line)):
             continue
         compiler.check_message(spec.message, _PAIR_PLACEHOLDERS, path, spec.line)
@@ -1292,8 +1344,9 @@ def load_rulebook(root: str | Path) -> Rulebook:
                 severity=spec.severity,
                 message=spec.message,
                 source=compiler.where(path, spec.line),
-                condition=_all(_eq("t", "pair"), _eq("key", first.key), _list_has("other_keys", [second.key])),
-                evidence_fields=("a_drug", "b_drug"),
+                condition=_all(_eq("t", "pair"), _eq("key", first.key), _list_has("other_keys", [second.key]),
+                               *_selector_tests("a", first), *_selector_tests("b", second)),
+                evidence_fields=("a_drug", "b_drug", *_selector_evidence(first, second)),
                 limits={"between": [label(first), label(second)]},
                 reference=spec.source,
                 scope="pair",
@@ -1307,6 +1360,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
             continue
         compiler.check_message(spec.message, _PAIR_PLACEHOLDERS, path, spec.line)
         key = f"class:{spec.class_}"
+        partners[key].add(key)
         compiler.add(
             f"pair:{key}",
             CompiledRule(
@@ -1316,7 +1370,8 @@ def load_rulebook(root: str | Path) -> Rulebook:
                 message=spec.message,
                 source=compiler.where(path, spec.line),
                 condition=_all(_eq("t", "pair"), _eq("key", key), _eq("same", 0),
-                               _list_has("other_keys", [key])),
+                               _list_has("other_keys", [key]),
+                               *([_eq("a_sys", 1), _eq("b_sys", 1)] if spec.systemic else [])),
                 evidence_fields=("a_drug", "b_drug"),
                 limits={"class_name": classes[spec.class_].name},
                 reference=spec.source,
@@ -1365,7 +1420,22 @@ def load_rulebook(root: str | Path) -> Rulebook:
         warnings=compiler.warnings,
         pairs_in_global=pairs_in_global,
         pair_rule_keys=pair_rule_keys,
+        pair_partners={key: frozenset(value) for key, value in partners.items()},
     )
+
+
+def _selector_tests(side: str, selector: Selector) -> list[dict[str, Any]]:
+    """The item conditions of one side of a pair rule, on the pair fact's ``a_…``/``b_…`` fields."""
+    tests: list[dict[str, Any]] = []
+    if selector.systemic:
+        tests.append(_eq(f"{side}_sys", 1))
+    if selector.daily_min is not None:
+        tests.append({"$or": [_cmp("$gte", f"{side}_daily", selector.daily_min), _missing(f"{side}_daily")]})
+    return tests
+
+
+def _selector_evidence(first: Selector, second: Selector) -> tuple[str, ...]:
+    return tuple(f"{side}_daily" for side, selector in (("a", first), ("b", second)) if selector.daily_min is not None)
 
 
 def _shard(rulesets: dict[str, list[str]]) -> dict[str, list[str]]:

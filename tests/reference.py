@@ -84,6 +84,7 @@ class Item:
     dose: float | None
     daily: float | None
     days: float | None
+    systemic: bool = True
 
 
 def _in(low: float | None, high: float | None, value: float | None) -> bool | None:
@@ -100,7 +101,8 @@ def condition_holds(
 ) -> bool | None:
     """True / False, or ``None`` when a value the condition needs is missing; ``ignore`` drops fields."""
     results: list[bool | None] = []
-    for name, value in (("age", patient.age), ("egfr", patient.egfr), ("weight", patient.weight)):
+    for name, value in (("age", patient.age), ("egfr", patient.egfr), ("weight", patient.weight),
+                        ("daily", item.daily), ("days", item.days)):
         if name not in ignore:
             results.append(_in(when.get(f"{name}_min"), when.get(f"{name}_max"), value))
     if "sex" in when:
@@ -162,6 +164,15 @@ def undecidable_patient_fields(when: dict[str, Any], patient: Patient, item: Ite
     return found
 
 
+def undecidable_item_fields(when: dict[str, Any], patient: Patient, item: Item) -> set[str]:
+    """The item's daily dose or days the condition reads, missing, while the rest of it holds."""
+    return {
+        name for name, value in (("daily", item.daily), ("days", item.days))
+        if value is None and (f"{name}_min" in when or f"{name}_max" in when)
+        and condition_holds(when, patient, item, ignore=frozenset({name})) is True
+    }
+
+
 def patient_of(prescription: Prescription, book: ReferenceRulebook) -> Patient:
     allergies: set[str] = set()
     for text in prescription.patient.allergies:
@@ -169,7 +180,9 @@ def patient_of(prescription: Prescription, book: ReferenceRulebook) -> Patient:
         allergies |= book.allergy_names.get(key, set())
         drug_id = book.names.get(key)
         if drug_id:
-            allergies |= {drug_id, *book.drugs[drug_id]["drug"].get("allergy_classes", [])}
+            # A member's name implies its class only where the class says so (propagate, default true).
+            allergies |= {drug_id, *(name for name in book.drugs[drug_id]["drug"].get("allergy_classes", [])
+                                     if book.allergy_classes.get(name, {}).get("propagate", True))}
     p = prescription.patient
     return Patient(
         age=prescription.age_years_at_issue(), sex=p.sex if p.sex in ("M", "F") else None, weight=p.weight_kg,
@@ -193,9 +206,13 @@ def item_of(raw: Any, book: ReferenceRulebook) -> Item | None:
         strength = (raw.strength.value, raw.strength.unit) if raw.strength else None
         dose = dose_in_unit(raw.dose.value, raw.dose.unit, unit, strength)
     daily = dose * TIMES_PER_DAY[freq] if dose is not None and freq is not None else None
+    route = normalise_route(raw.route) if raw.route else None
+    # Local forms act where applied; with no known form the route decides; unknown is systemic.
+    systemic = (form.group not in ("topical", "ophthalmic", "nasal", "inhalation") if form
+                else route not in ("top", "oph", "nas", "inh", "vag"))
     return Item(
         id=raw.id, drug=drug_id, form_group=form.group if form else None, release=form.release if form else None,
-        route=normalise_route(raw.route) if raw.route else None, freq=freq, dose=dose, daily=daily, days=raw.days,
+        route=route, freq=freq, dose=dose, daily=daily, days=raw.days, systemic=systemic,
     )
 
 
@@ -298,7 +315,8 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
 
         for regimen in spec.get("dose", []):
             applies = condition_holds(regimen.get("when", {}), patient, item)
-            for missing in undecidable_patient_fields(regimen.get("when", {}), patient, item):
+            for missing in (undecidable_patient_fields(regimen.get("when", {}), patient, item)
+                            | undecidable_item_fields(regimen.get("when", {}), patient, item)):
                 expected.undecidable.add((item.id, missing))
             if applies is False:
                 continue
@@ -344,7 +362,8 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
 
         for contra in spec.get("contraindications", []):
             holds = condition_holds(contra["when"], patient, item)
-            for missing in undecidable_patient_fields(contra["when"], patient, item):
+            for missing in (undecidable_patient_fields(contra["when"], patient, item)
+                            | undecidable_item_fields(contra["when"], patient, item)):
                 expected.undecidable.add((item.id, missing))
             if holds:
                 expected.fired.add((f"{prefix}.contra.{contra['id']}", item.id))
@@ -372,8 +391,15 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     def keys(drug_id: str) -> set[str]:
         return {drug_id, *(f"class:{c}" for c in book.drugs[drug_id]["drug"].get("classes", []))}
 
-    def selector_key(selector: dict[str, str]) -> str:
+    def selector_key(selector: dict[str, Any]) -> str:
         return selector["drug"] if "drug" in selector else f"class:{selector['class']}"
+
+    def selected(selector: dict[str, Any], item: Item) -> bool:
+        """The item meets the selector's own conditions; an unknown daily dose counts as reaching it."""
+        if selector.get("systemic") and not item.systemic:
+            return False
+        return not (selector.get("daily_min") is not None and item.daily is not None
+                    and item.daily < selector["daily_min"])
 
     for index, first in enumerate(items):
         for second in items[index + 1 :]:
@@ -383,10 +409,14 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
             else:
                 for duplicate in book.duplicates:
                     key = f"class:{duplicate['class']}"
-                    if key in a and key in b:
+                    local = duplicate.get("systemic") and not (first.systemic and second.systemic)
+                    if key in a and key in b and not local:
                         expected.fired.add((f"duplicate.{duplicate['id']}", second.id))
             for interaction in book.interactions:
-                x, y = (selector_key(s) for s in interaction["between"])
-                if (x in a and y in b) or (y in a and x in b):
+                sx, sy = interaction["between"]
+                x, y = selector_key(sx), selector_key(sy)
+                if (x in a and y in b and selected(sx, first) and selected(sy, second)) or (
+                    y in a and x in b and selected(sy, first) and selected(sx, second)
+                ):
                     expected.fired.add((f"interaction.{interaction['id']}", second.id))
     return expected

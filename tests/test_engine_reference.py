@@ -24,6 +24,7 @@ STRUCTURAL = {
     "freq": {"completeness.missing.freq", "completeness.unusable.freq"},
     "route": {"completeness.missing.route", "completeness.unusable.route"},
     "form_group": {"completeness.unusable.form"},
+    "days": {"completeness.missing.days"},
 }
 
 
