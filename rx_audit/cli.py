@@ -120,12 +120,19 @@ def _print_table(results: list[AuditResult | RecordError]) -> None:
 @rules_app.command("check")
 def rules_check(directory: Annotated[Path | None, typer.Argument(help="rulebook folder")] = None) -> None:
     """校验 Validate rule files; every error names file and line; exit 1 on any error."""
+    from rx_audit.errors import EngineError
     from rx_audit.rulebook import load_rulebook
 
     try:
         rulebook = load_rulebook(directory or default_rules_dir())
+        # Everything loading does, registration in durable_rules included: a rulebook that
+        # passes check must load (limits of 1e20 or a 506-value list once passed and then broke).
+        Auditor(rulebook).close()
     except RulebookError as error:
         _print_rulebook_errors(error)
+        raise typer.Exit(1) from error
+    except EngineError as error:
+        Console(stderr=True).print(f"[red]durable_rules refused the rulebook[/red]: {error}", highlight=False)
         raise typer.Exit(1) from error
     console = Console()
     for warning in rulebook.warnings:

@@ -206,12 +206,18 @@ class Auditor:
         prescription = parse_prescription(record)
         while True:
             registered = self._current
-            facts = _facts_for(prescription, registered.rulebook)
-            with _DURABLE_LOCK:
-                if registered.closed:
-                    continue  # swapped by a reload between normalising and evaluating
-                fired, failures = _evaluate(registered, facts)
-            return _result(prescription, registered.rulebook, facts, fired, failures)
+            try:
+                facts = _facts_for(prescription, registered.rulebook)
+                with _DURABLE_LOCK:
+                    if registered.closed:
+                        continue  # swapped by a reload between normalising and evaluating
+                    fired, failures = _evaluate(registered, facts)
+                return _result(prescription, registered.rulebook, facts, fired, failures)
+            except Exception as error:
+                # A defect of ours must not release a prescription nobody audited, nor block
+                # prescribing: the prescription is held with the error, for a pharmacist.
+                logger.exception("audit of %s failed", prescription.id)
+                return _unaudited(prescription, registered.rulebook, f"{type(error).__name__}: {error}")
 
     def audit_batch(self, records: Iterable[Any]) -> list[AuditResult | RecordError]:
         """Audit each record; a record that cannot be read gets a :class:`RecordError`, the rest go on."""
@@ -227,9 +233,10 @@ class Auditor:
                 yield self.audit(record)
             except PrescriptionError as error:
                 yield RecordError(id=error.prescription_id, line=line, field=error.field, error=error.message)
-            except RxAuditError as error:
+            except Exception as error:  # one record never stops a batch
                 record_id = record.get("id") if isinstance(record, dict) else None
-                yield RecordError(id=str(record_id) if record_id else None, line=line, error=str(error))
+                message = str(error) if isinstance(error, RxAuditError) else f"{type(error).__name__}: {error}"
+                yield RecordError(id=str(record_id)[:200] if record_id else None, line=line, error=message[:500])
 
 
 # --- facts -------------------------------------------------------------------------------------
@@ -335,16 +342,27 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
             allergy_ids.add(allergy_id)
             allergy_text.setdefault(allergy_id, text)
 
+    # Mixed-script text, by item position ("items[2].drug") or for the prescription as a whole.
+    mixed: dict[int | None, list[str]] = defaultdict(list)
+    for note in prescription.text_notes:
+        head, _, _ = note.path.partition(".")
+        position = int(head[6:-1]) if head.startswith("items[") and head.endswith("]") else None
+        mixed[position].append(note.path)
+
     batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
     global_batch = batches["global"]
-    global_batch.append({
+    rx_fact = {
         "t": "rx", **common, "item_count": len(prescription.items),
         "allergies_recorded": int("allergies" in patient.model_fields_set),
-    })
+    }
+    if mixed.get(None):
+        rx_fact["text_mixed"] = 1
+        rx_fact["text_fields"] = "、".join(mixed[None])
+    global_batch.append(rx_fact)
     # Drug rulesets also read diagnoses and allergies; the global ruleset never does.
     clinical = {**common, "dx": list(dict.fromkeys(dx_tokens)), "allergies": sorted(allergy_ids)}
     known: list[tuple[dict[str, Any], Drug]] = []
-    for item in prescription.items:
+    for position, item in enumerate(prescription.items):
         drug = rulebook.drug_for(item.drug, item.atc)
         fact: dict[str, Any] = {
             "t": "item", "item": item.id, "drug_text": item.drug, "known": int(drug is not None),
@@ -352,6 +370,9 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
             "has_route": int(bool(item.route)), "has_days": int(item.days is not None),
             "has_form": int(bool(item.form)),
         }
+        if position in mixed:
+            fact["text_mixed"] = 1
+            fact["text_fields"] = "、".join(mixed[position])
         if item.form:
             form = _form(item.form)
             if form is not None:
@@ -403,17 +424,21 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
             fact["drug"] = ""
         global_batch.append({**common, **fact})
 
+    # The same drug written again: one fact per repeat, against its previous occurrence (linear).
+    last_of: dict[str, dict[str, Any]] = {}
+    for fact, drug in known:
+        previous = last_of.get(drug.id)
+        if previous is not None:
+            global_batch.append({"t": "pair", "n": number, "key": "", "a_item": previous["item"],
+                                 "b_item": fact["item"], "a_drug": drug.id, "b_drug": drug.id, "same": 1})
+        last_of[drug.id] = fact
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
-            same = int(first_drug.id == second_drug.id)
-            if not same and not _may_pair(rulebook, first_drug, second_drug):
+            # The same drug twice is the same-ingredient duplicate above; it does not interact with itself.
+            if first_drug.id == second_drug.id or not _may_pair(rulebook, first_drug, second_drug):
                 continue
-            # A fact for the same-ingredient check when it is one, then one per orientation and
-            # per key of its first drug that starts a pair rule.
-            if same:
-                global_batch.append({"t": "pair", "n": number, "key": "", "a_item": first["item"],
-                                     "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
-                                     "same": same})
+            # One fact per orientation and per key of its first drug that some rule pairs with
+            # a key of the second.
             for (a, a_drug), (b, b_drug) in (((first, first_drug), (second, second_drug)),
                                              ((second, second_drug), (first, first_drug))):
                 other_keys = rulebook.pair_keys[b_drug.id]
@@ -422,7 +447,7 @@ def _facts_for(prescription: Prescription, rulebook: Rulebook) -> _Facts:
                     if not partners or partners.isdisjoint(other_keys):
                         continue
                     pair = {"t": "pair", "n": number, "key": key, "a_item": a["item"], "b_item": b["item"],
-                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": same,
+                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": 0,
                             "a_sys": a["sys"], "b_sys": b["sys"]}
                     _put(pair, "a_daily", a.get("daily"))
                     _put(pair, "b_daily", b.get("daily"))
@@ -521,17 +546,31 @@ def _result(
         finding = _finding(rule, fact, item, rulebook, facts, covers=sorted(covered))
         findings.append(finding)
 
-    for logical, error in failures:
-        findings.append(Finding(
-            rule="completeness.engine_error", category=Category.completeness, severity=Severity.warning,
-            message=f"规则执行出错（{logical}），该部分未完成审核，请药师人工审核：{error}",
-            source=f"{rulebook.root}", evidence={"ruleset": logical, "error": error},
-        ))
+    findings.extend(_engine_error(rulebook, logical, error) for logical, error in failures)
+    return _verdict(prescription, rulebook, findings, unaudited=bool(failures))
 
+
+def _engine_error(rulebook: Rulebook, where: str, error: str) -> Finding:
+    return Finding(
+        rule="completeness.engine_error", category=Category.completeness, severity=Severity.warning,
+        message=f"规则执行出错（{where}），该部分未完成审核，请药师人工审核：{error}"[:1000],
+        source=f"{rulebook.root}", evidence={"ruleset": where, "error": error[:500]},
+        reference="rx_audit: 未能完整审核的处方一律拦截，由药师人工审核",
+    )
+
+
+def _unaudited(prescription: Prescription, rulebook: Rulebook, error: str) -> AuditResult:
+    return _verdict(prescription, rulebook, [_engine_error(rulebook, "audit", error)], unaudited=True)
+
+
+def _verdict(prescription: Prescription, rulebook: Rulebook, findings: list[Finding], *, unaudited: bool) -> AuditResult:
+    order = {item.id: position for position, item in enumerate(prescription.items)}
     findings.sort(key=lambda f: (-SEVERITY_RANK[str(f.severity)], order.get(f.item, -1), f.rule))
     top = max((SEVERITY_RANK[str(f.severity)] for f in findings), default=0)
     severity = next((Severity(name) for name, rank in SEVERITY_RANK.items() if rank == top), None)
-    flagged = top >= SEVERITY_RANK[rulebook.settings.flag_threshold]
+    # A prescription the engine could not fully audit is held whatever the threshold
+    # (`flag_threshold: critical` once let durable's error 303 release one as not flagged).
+    flagged = unaudited or top >= SEVERITY_RANK[rulebook.settings.flag_threshold]
     return AuditResult(id=prescription.id, flagged=flagged, severity=severity, rulebook=rulebook.hash,
                        findings=findings)
 

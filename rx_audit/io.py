@@ -1,100 +1,175 @@
 """Reading batches: JSON Lines or one JSON array, streamed, every record with its line number.
 
-A line that is not JSON becomes a :class:`~rx_audit.models.RecordError` in the stream, so one
-bad record never stops the batch. A JSON array is decoded one element at a time, so a large
-file is never held in memory whole.
+A record that cannot be read — not JSON, invalid UTF-8, nested too deeply, a number of thousands
+of digits, larger than a record may be — becomes a :class:`~rx_audit.models.RecordError` in the
+stream, so one bad record never stops the batch. Files are read as bytes and decoded a record at
+a time: one invalid byte spoils its own record, not the file. A JSON array is decoded one
+element at a time, so a large file is never held in memory whole, and a broken element is
+skipped to the next one.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rx_audit.models import RecordError
+from rx_audit.models import RecordError, loads_record
+from rx_audit.text import MAX_RECORD_BYTES
 
 _CHUNK = 1 << 16
 
 
-def iter_records(source: str | Path | IO[str]) -> Iterator[tuple[int, Any]]:
+def iter_records(source: str | Path | IO[str] | IO[bytes]) -> Iterator[tuple[int, Any]]:
     """Yield ``(line, record)``: a parsed JSON value, or a :class:`RecordError` for a bad one.
 
-    ``source`` is a path, ``"-"`` for standard input, or an open text stream.
+    ``source`` is a path, ``"-"`` for standard input, or an open stream (text or binary).
     """
     if isinstance(source, (str, Path)):
         if str(source) == "-":
-            yield from _iter_stream(sys.stdin)
+            yield from _iter_bytes(sys.stdin.buffer)
             return
-        with open(source, encoding="utf-8-sig") as stream:
-            yield from _iter_stream(stream)
+        with open(source, "rb") as stream:
+            yield from _iter_bytes(stream)
         return
-    yield from _iter_stream(source)
+    if isinstance(source, io.TextIOBase) or not hasattr(source, "mode") and _is_text(source):
+        yield from _iter_bytes(_Encoded(source))  # type: ignore[arg-type]
+        return
+    yield from _iter_bytes(source)  # type: ignore[arg-type]
 
 
-def _iter_stream(stream: IO[str]) -> Iterator[tuple[int, Any]]:
-    first = ""
-    buffered: list[str] = []
-    for line in stream:
-        buffered.append(line)
-        if line.strip():
-            first = line.lstrip()[0]
+def _is_text(stream: Any) -> bool:
+    try:
+        return isinstance(stream.read(0), str)
+    except Exception:
+        return False
+
+
+class _Encoded:
+    """A text stream read as UTF-8 bytes (tests and callers that hand us an open text file)."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            yield line.encode("utf-8", "surrogatepass")
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size).encode("utf-8", "surrogatepass")
+
+
+def _iter_bytes(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    first = b""
+    buffered: list[bytes] = []
+    for raw in stream:
+        buffered.append(raw)
+        stripped = raw.lstrip(b" \t\r\n\xef\xbb\xbf")
+        if stripped:
+            first = stripped[:1]
             break
-    if first == "[":
-        yield from _iter_array("".join(buffered), stream)
+    if first == b"[":
+        yield from _iter_array(b"".join(buffered), stream)
         return
-    for number, line in enumerate(itertools.chain(buffered, stream), start=1):
-        record = _parse_line(line, number)
-        if record is not None:
-            yield number, record
+    number = 0
+    for chunk in (buffered, stream):
+        for raw in chunk:
+            number += 1
+            record = _parse_line(raw, number)
+            if record is not None:
+                yield number, record
 
 
-def _parse_line(line: str, number: int) -> Any:
-    text = line.strip()
-    if not text:
+def _parse_line(raw: bytes, number: int) -> Any:
+    if number == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM from Windows tools
+    if not raw.strip():
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        return RecordError(line=number, error=f"第{number}行不是合法的JSON (not JSON): {error.msg}")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return RecordError(line=number, error=f"第{number}行不是合法的UTF-8 (invalid UTF-8 at byte {error.start})")
+    try:
+        return loads_record(text.strip())
+    except ValueError as error:
+        return RecordError(line=number, error=f"第{number}行{error}")
 
 
-def _iter_array(head: str, stream: IO[str]) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
+def _element_end(buffer: bytes, start: int) -> int | None:
+    """Index just past the JSON value starting at ``start`` (brackets and strings balanced), or None."""
+    depth = 0
+    in_string = False
+    escaped = False
+    position = start
+    while position < len(buffer):
+        byte = buffer[position]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+        elif byte in (0x5D, 0x7D):
+            if depth == 0:
+                return position  # the array's own closing bracket: a bare scalar ended
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        elif byte == 0x2C and depth == 0:
+            return position
+        position += 1
+    return None
+
+
+def _iter_array(head: bytes, stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
     buffer = head
-    position = buffer.index("[") + 1
-    line = 1 + buffer.count("\n", 0, position)
+    position = buffer.index(b"[") + 1
+    line = 1 + buffer.count(b"\n", 0, position)
     exhausted = False
+
+    def refill() -> bool:
+        nonlocal buffer, position, exhausted
+        chunk = stream.read(_CHUNK)
+        buffer, position = buffer[position:] + chunk, 0
+        exhausted = not chunk
+        return bool(chunk)
+
     while True:
         # Skip separators, counting lines, refilling as needed.
         while True:
-            while position < len(buffer) and buffer[position] in " \t\r\n,":
-                if buffer[position] == "\n":
+            while position < len(buffer) and buffer[position] in b" \t\r\n,":
+                if buffer[position] == 0x0A:
                     line += 1
                 position += 1
-            if position < len(buffer) or exhausted:
+            if position < len(buffer) or exhausted or not refill():
                 break
-            chunk = stream.read(_CHUNK)
-            buffer, position = buffer[position:] + chunk, 0
-            exhausted = not chunk
         if position >= len(buffer):
             yield line, RecordError(line=line, error="JSON数组没有结束 (unterminated JSON array)")
             return
-        if buffer[position] == "]":
+        if buffer[position] == 0x5D:
             return
-        while True:
-            try:
-                value, end = decoder.raw_decode(buffer, position)
-                break
-            except json.JSONDecodeError as error:
-                if exhausted:
-                    yield line, RecordError(line=line, error=f"第{line}行不是合法的JSON (not JSON): {error.msg}")
-                    return
-                chunk = stream.read(_CHUNK)
-                buffer, position = buffer[position:] + chunk, 0
-                exhausted = not chunk
-        yield line, value
-        line += buffer.count("\n", position, end)
+        end = _element_end(buffer, position)
+        while end is None and not exhausted and len(buffer) - position <= MAX_RECORD_BYTES:
+            refill()
+            end = _element_end(buffer, position)
+        if end is None:
+            if len(buffer) - position > MAX_RECORD_BYTES:
+                yield line, RecordError(line=line, error=f"第{line}行记录过大 (record larger than {MAX_RECORD_BYTES} bytes)")
+            else:
+                yield line, RecordError(line=line, error=f"第{line}行JSON没有结束 (unterminated JSON value)")
+            return
+        raw = buffer[position:end]
+        record = _parse_line(raw, line)
+        if record is not None:
+            if isinstance(record, RecordError):
+                record.line = line
+            yield line, record
+        line += raw.count(b"\n")
         position = end

@@ -7,15 +7,35 @@ never an error; numbers must be finite, so a ``NaN`` dose cannot slip past a com
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rx_audit.errors import PrescriptionError
+from rx_audit.text import MAX_ITEMS, MAX_LIST, MAX_RECORD_BYTES, InputLimitError, TextNote, sanitise
 
-Number = float
+
+def _not_bool(value: Any) -> Any:
+    # JSON true is not the number 1: `age_years: true` once read as a one-year-old.
+    if isinstance(value, bool):
+        raise ValueError("应为数字，不是布尔值 (a number, not true/false)")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+# The earliest date a record may carry: a patient born before it would be over 130.
+_EARLIEST = date(1890, 1, 1)
 
 
 class _Open(BaseModel):
@@ -86,14 +106,15 @@ class Prescriber(_Open):
 class Patient(_Open):
     id: str | None = None
     sex: Literal["M", "F", "U"] | None = None
-    age_years: Number | None = Field(default=None, ge=0, le=150)
+    age_years: Number | None = Field(default=None, ge=0, le=130)
     birth_date: date | None = None
-    weight_kg: Number | None = Field(default=None, gt=0, le=500)
+    # 0.2 kg: below any live-born infant; a smaller value is a unit error (and divided doses by ~0).
+    weight_kg: Number | None = Field(default=None, ge=0.2, le=500)
     pregnant: bool | None = None
     lactating: bool | None = None
     egfr: Number | None = Field(default=None, ge=0, le=300)
     hepatic_impairment: Literal["none", "mild", "moderate", "severe"] | None = None
-    allergies: list[str] = Field(default_factory=list)
+    allergies: list[str] = Field(default_factory=list, max_length=MAX_LIST)
 
     @field_validator("sex", mode="before")
     @classmethod
@@ -143,8 +164,10 @@ class Prescription(_Open):
     prescriber: Prescriber = Field(default_factory=Prescriber)
     department: str | None = None
     patient: Patient = Field(default_factory=Patient)
-    diagnoses: list[Diagnosis] = Field(default_factory=list)
-    items: list[Item] = Field(min_length=1)
+    diagnoses: list[Diagnosis] = Field(default_factory=list, max_length=MAX_LIST)
+    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
+    # Strings that mixed scripts (set by parse_prescription); the engine reports them.
+    _text_notes: list[TextNote] = PrivateAttr(default_factory=list)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -166,6 +189,30 @@ class Prescription(_Open):
             if item.id is None:
                 item.id = str(position)
         return self
+
+    @model_validator(mode="after")
+    def _plausible_dates(self) -> Prescription:
+        # An issue date in the future or a birth after the issue would make every age rule lie
+        # (born 2099 read as age 0, a "child" finding). A day of slack covers clock and time zones.
+        latest = datetime.now(UTC) + timedelta(days=1)
+        if self.issued_at is not None:
+            issued = self.issued_at if self.issued_at.tzinfo else self.issued_at.replace(tzinfo=UTC)
+            if issued > latest:
+                raise ValueError(f"issued_at: 开具时间在未来 (issued in the future: {self.issued_at.isoformat()})")
+            if issued.date() < _EARLIEST:
+                raise ValueError(f"issued_at: 开具时间不可信 (implausible: {self.issued_at.isoformat()})")
+        born = self.patient.birth_date
+        if born is not None:
+            when = self.issued_at.date() if self.issued_at else latest.date()
+            if born > when:
+                raise ValueError(f"patient.birth_date: 出生日期晚于开具时间 (born {born} after the issue date {when})")
+            if born < _EARLIEST:
+                raise ValueError(f"patient.birth_date: 出生日期不可信 (implausible: {born}, age over 130)")
+        return self
+
+    @property
+    def text_notes(self) -> list[TextNote]:
+        return self._text_notes
 
     def age_years_at_issue(self) -> float | None:
         """Age in years: ``age_years`` if given, else from ``birth_date`` at ``issued_at``."""
@@ -234,26 +281,60 @@ class RecordError(BaseModel):
         return json.dumps(self.to_contract(), ensure_ascii=False)
 
 
+def loads_record(text: str | bytes) -> Any:
+    """One JSON record, bounded: size, nesting and number length give a ValueError, never a crash."""
+    if len(text) > MAX_RECORD_BYTES:
+        raise ValueError(f"记录超过 {MAX_RECORD_BYTES} 字节 (record larger than {MAX_RECORD_BYTES} bytes)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"不是合法的JSON (not JSON): {error.msg}") from error
+    except RecursionError as error:
+        raise ValueError("JSON嵌套过深 (JSON nested too deeply)") from error
+    except (ValueError, UnicodeDecodeError) as error:  # an integer of thousands of digits, bad UTF-8
+        raise ValueError(f"无法读取的JSON (unreadable JSON): {str(error)[:120]}") from error
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_prescription(data: Any, *, line: int | None = None) -> Prescription:
-    """Validate one prescription; raise :class:`PrescriptionError` naming its id and field."""
+    """Validate one prescription; raise :class:`PrescriptionError` naming its id and field.
+
+    Text is normalised first (:mod:`rx_audit.text`): what the rules compare is what the
+    pharmacist reads, whatever invisible or look-alike characters the HIS sent.
+    """
     if isinstance(data, Prescription):
         return data
     if isinstance(data, (str, bytes)):
         try:
-            data = json.loads(data)
-        except json.JSONDecodeError as error:
-            raise PrescriptionError(None, None, f"不是合法的JSON (not JSON): {error.msg}", line=line) from error
+            data = loads_record(data)
+        except ValueError as error:
+            raise PrescriptionError(None, None, str(error), line=line) from error
     if not isinstance(data, dict):
         raise PrescriptionError(None, None, "处方必须是JSON对象 (a prescription is a JSON object)", line=line)
-    prescription_id = data.get("id")
+    raw_id = data.get("id")
+    prescription_id = _short(raw_id)[:80] if raw_id is not None and not isinstance(raw_id, str) else raw_id
     try:
-        return Prescription.model_validate(data)
+        data, notes = sanitise(data)
+    except InputLimitError as error:
+        raise PrescriptionError(prescription_id, error.path, error.message, line=line) from error
+    prescription_id = data.get("id") if isinstance(data.get("id"), str) else prescription_id
+    try:
+        prescription = Prescription.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"] and ": " in message:
+            # Our own cross-field checks name their field in the message ("patient.birth_date: …").
+            field, _, message = message.partition(": ")
+        else:
+            message = f"{message} (input: {_short(first.get('input'))})"
         raise PrescriptionError(
-            str(prescription_id) if prescription_id is not None else None,
-            field,
-            f"{first['msg']} (input: {first.get('input')!r})",
-            line=line,
+            str(prescription_id)[:200] if prescription_id is not None else None, field or None, message, line=line
         ) from error
+    prescription._text_notes = notes
+    return prescription

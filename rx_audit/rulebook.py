@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import re
 import string
 import unicodedata
@@ -38,8 +39,14 @@ CategoryName = Literal[
 ]
 SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 
-# Largest ruleset we build: durable_rules 2.0.28 breaks at 512 rules; we keep a margin.
+# Largest ruleset we build: durable_rules 2.0.28 breaks at 512 rules; we keep a margin. It
+# counts alternatives, not rules: every branch of an `$or` is a rule path of its own, and a
+# ruleset past ~512 paths crashes or hangs at registration (a custom `in` list of 506 values
+# beside the global rules hung loading for ever). Rulesets are sharded by paths, and one rule
+# may not exceed MAX_BRANCHES_PER_RULE.
 MAX_RULES_PER_RULESET = 400
+MAX_BRANCHES_PER_RULE = 300
+MAX_IN_VALUES = 200
 # durable_rules 2.0.28 fails (error 303) when more than 64 list tests pass for one fact.
 MAX_LIST_TESTS_PER_FACT = 48
 
@@ -73,14 +80,55 @@ def _construct_mapping_with_lines(loader: _LineLoader, node: yaml.MappingNode) -
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_with_lines)
 
+# Numbers durable_rules reads as written: finite, below 1e15 (its integers overflow beyond), and
+# no fraction so small that JSON writes it in exponent notation (1e-05), which durable misreads.
+_LARGEST_NUMBER = 1e15
+_SMALLEST_FRACTION = 1e-4
+
+
+def _checked_number(loader: _LineLoader, node: yaml.ScalarNode) -> float | int:
+    value: float | int
+    if node.tag.endswith(":int"):
+        value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    else:
+        value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise yaml.MarkedYAMLError(problem=f"number {node.value!r} is not finite", problem_mark=node.start_mark)
+    if abs(value) >= _LARGEST_NUMBER:
+        raise yaml.MarkedYAMLError(problem=f"number {node.value!r} is too large (limit 1e15)",
+                                   problem_mark=node.start_mark)
+    if isinstance(value, float) and value != 0 and abs(value) < _SMALLEST_FRACTION:
+        raise yaml.MarkedYAMLError(problem=f"number {node.value!r} is too small (at least 0.0001; use a smaller unit)",
+                                   problem_mark=node.start_mark)
+    return value
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _checked_number)
+_LineLoader.add_constructor("tag:yaml.org,2002:float", _checked_number)
+
+MAX_RULE_FILE_BYTES = 2_000_000
+
+
+def _refuse_aliases(text: str, path: Path) -> None:
+    """Anchors and aliases are refused: a few nested aliases expand to gigabytes (an alias bomb)."""
+    if "&" not in text and "*" not in text:
+        return
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise RulebookError("YAML anchors and aliases (& and *) are not allowed in rule files; write the values "
+                                "out", path, event.start_mark.line + 1)
+
 
 def load_yaml(path: Path) -> Any:
     """Parse one rule file, every mapping annotated with its line; syntax errors carry file:line."""
     try:
+        if path.stat().st_size > MAX_RULE_FILE_BYTES:
+            raise RulebookError(f"rule file larger than {MAX_RULE_FILE_BYTES} bytes; split it", path)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RulebookError(f"cannot read: {error}", path) from error
     try:
+        _refuse_aliases(text, path)
         return yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -405,6 +453,17 @@ class CustomCondition(_Spec):
 
     @model_validator(mode="after")
     def _value_shape(self) -> CustomCondition:
+        values = self.value if isinstance(self.value, list) else [self.value]
+        for value in values:
+            # Only plain scalars reach durable: a mapping such as {"$nex": 1} would be read as an
+            # operator (it failed only at load, error 202/204).
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"value must be a string, number or true/false (or a list of them), not {value!r}")
+            if isinstance(value, str) and len(value) > 200:
+                raise ValueError("a string value is at most 200 characters")
+        if isinstance(self.value, list) and len(self.value) > MAX_IN_VALUES:
+            raise ValueError(f"at most {MAX_IN_VALUES} values in a list (durable_rules holds ~500 alternatives "
+                             "per ruleset); use a drug class or the formulary for longer lists")
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"op {self.op} needs a list value")
         if self.op in ("lt", "le", "gt", "ge") and not isinstance(self.value, (int, float)):
@@ -446,6 +505,9 @@ class Settings(_Spec):
     form_aliases: dict[str, str] = Field(default_factory=dict)
     route_aliases: dict[str, str] = Field(default_factory=dict)
     missing_allergy_info: bool = True
+    # CONTRACT §1: a drug the rulebook cannot resolve is reviewed by hand (医疗机构处方审核规范):
+    # warning by default, so it is held; a hospital may lower it to info.
+    unknown_drug_severity: SeverityName = "warning"
 
 
 # --- compiled rules ----------------------------------------------------------------------------
@@ -640,7 +702,7 @@ _SALT_PREFIXES = ("注射用", "盐酸", "硫酸", "马来酸", "苯磺酸", "�
                   "富马酸", "醋酸", "氢溴酸", "门冬氨酸", "重酒石酸")
 _FORM_SUFFIXES = tuple(sorted((
     "片", "胶囊", "软胶囊", "缓释片", "控释片", "肠溶片", "肠溶胶囊", "缓释胶囊", "分散片", "咀嚼片", "泡腾片",
-    "颗粒", "干混悬剂", "混悬液", "口服溶液", "口服液", "糖浆", "注射液", "氯化钠注射液", "葡萄糖注射液", "滴剂",
+    "颗粒", "干混悬剂", "口服混悬液", "混悬液", "口服溶液", "口服液", "糖浆", "注射液", "氯化钠注射液", "葡萄糖注射液", "滴剂",
     "乳膏", "软膏", "凝胶", "乳胶剂",
     "栓", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
 ), key=len, reverse=True))
@@ -890,10 +952,17 @@ class _Compiler:
 
     def check_message(self, message: str, allowed: set[str], path: Path, line: int) -> None:
         try:
-            names = {name for _, name, _, _ in string.Formatter().parse(message) if name}
+            parsed = list(string.Formatter().parse(message))
         except ValueError as error:
             self.error(f"message placeholder error: {error}", path, line)
             return
+        names = {name for _, name, _, _ in parsed if name is not None}
+        for _, name, spec, conversion in parsed:
+            # Plain names only: "{drug:>1500000000}" once allocated 1.5 GB per finding.
+            if name is not None and (spec or conversion or not name.isidentifier()):
+                self.error(f"message placeholder {{{name}{'!' + conversion if conversion else ''}"
+                           f"{':' + spec if spec else ''}}} must be a plain name like {{drug}}", path, line)
+                return
         unknown = names - allowed
         if unknown:
             self.error(
@@ -1386,6 +1455,12 @@ def load_rulebook(root: str | Path) -> Rulebook:
         for number, example in enumerate(spec.examples, start=1):
             examples.append(_example(example, compiler.where(path, example.line), f"custom-{spec.id}-{number}"))
 
+    for rule in compiler.rules.values():
+        if rule.missing_field is None and branches(rule.condition) > MAX_BRANCHES_PER_RULE:
+            path, _, line = rule.source.rpartition(":")
+            compiler.errors.append(RulebookError(
+                f"rule {rule.id} expands to {branches(rule.condition)} alternatives (at most {MAX_BRANCHES_PER_RULE}:"
+                " durable_rules cannot hold more in one ruleset); use fewer values or a class", path, int(line)))
     if compiler.errors:
         raise RulebookErrors(compiler.errors)
 
@@ -1405,7 +1480,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
     if pairs_in_global:
         for key in [key for key in compiler.rulesets if key.startswith("pair:")]:
             compiler.rulesets["global"].extend(compiler.rulesets.pop(key))
-    rulesets = _shard(compiler.rulesets)
+    rulesets = _shard(compiler.rulesets, compiler.rules)
     return Rulebook(
         root=root,
         hash=rulebook_hash(root),
@@ -1438,15 +1513,36 @@ def _selector_evidence(first: Selector, second: Selector) -> tuple[str, ...]:
     return tuple(f"{side}_daily" for side, selector in (("a", first), ("b", second)) if selector.daily_min is not None)
 
 
-def _shard(rulesets: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Split any ruleset above the safe size; the engine dispatches a fact to every shard."""
+def branches(condition: Any) -> int:
+    """How many rule paths durable_rules makes of a condition: `$or` adds, `$and` multiplies."""
+    if isinstance(condition, dict) and len(condition) == 1:
+        if "$or" in condition:
+            return sum(branches(part) for part in condition["$or"])
+        if "$and" in condition:
+            total = 1
+            for part in condition["$and"]:
+                total *= branches(part)
+            return total
+    return 1
+
+
+def _shard(rulesets: dict[str, list[str]], rules: dict[str, CompiledRule]) -> dict[str, list[str]]:
+    """Split any ruleset above the safe number of paths; the engine dispatches a fact to every shard."""
     sharded: dict[str, list[str]] = {}
     for name, rule_names in rulesets.items():
-        if len(rule_names) <= MAX_RULES_PER_RULESET:
-            sharded[name] = rule_names
-            continue
-        for index in range(0, len(rule_names), MAX_RULES_PER_RULESET):
-            sharded[f"{name}#{index // MAX_RULES_PER_RULESET}"] = rule_names[index : index + MAX_RULES_PER_RULESET]
+        shards: list[list[str]] = [[]]
+        paths = 0
+        for rule_name in rule_names:
+            cost = branches(rules[rule_name].condition)
+            if shards[-1] and paths + cost > MAX_RULES_PER_RULESET:
+                shards.append([])
+                paths = 0
+            shards[-1].append(rule_name)
+            paths += cost
+        if len(shards) == 1:
+            sharded[name] = shards[0]
+        else:
+            sharded.update((f"{name}#{index}", shard) for index, shard in enumerate(shards))
     return sharded
 
 
@@ -1512,12 +1608,28 @@ def _compile_global_rules(
     compiler.add(
         "global",
         CompiledRule(
-            id="completeness.unknown_drug", category="completeness", severity="info",
+            id="completeness.unknown_drug", category="completeness", severity=settings.unknown_drug_severity,
             message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
             condition=_all(_eq("t", "item"), _eq("known", 0)), evidence_fields=("drug_text",),
             reference="rx_audit: 未知药品必须可见，不得静默通过", scope="item",
         ),
     )
+    # Text that mixed Latin with look-alike letters was folded and audited; the pharmacist sees it.
+    unicode_source = "Unicode TR39 混淆字符 (confusables); rx_audit: 文字须与药师所见一致"
+    for kind, scope, message in (
+        ("item", "item", "药品“{drug_text}”的文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
+        ("rx", "prescription", "处方文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
+    ):
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"completeness.mixed_script{'' if kind == 'item' else '_prescription'}", category="completeness",
+                severity="warning", message=message, source=where,
+                condition=_all(_eq("t", kind), _eq("text_mixed", 1)),
+                evidence_fields=("drug_text", "text_fields") if kind == "item" else ("text_fields",),
+                reference=unicode_source, scope=scope,  # type: ignore[arg-type]
+            ),
+        )
     for raw_field, label_zh in (("has_dose", "剂量"), ("has_freq", "用药频次"), ("has_route", "给药途径"),
                                 ("has_days", "用药天数")):
         compiler.add(
@@ -1548,7 +1660,7 @@ def _compile_global_rules(
         CompiledRule(
             id="duplicate.same_ingredient", category="duplicate", severity="warning",
             message="同一药品{a}重复开具", source=where,
-            condition=_all(_eq("t", "pair"), _eq("same", 1)), evidence_fields=("a_drug", "b_drug"),
+            condition=_all(_eq("t", "pair"), _eq("key", ""), _eq("same", 1)), evidence_fields=("a_drug", "b_drug"),
             reference="医疗机构处方审核规范（2018）第十五条：是否有重复给药", scope="pair",
         ),
     )
@@ -1586,15 +1698,22 @@ def _compile_global_rules(
         compiler.check_message(spec.message, _ITEM_PLACEHOLDERS | CUSTOM_PRESCRIPTION_FIELDS | CUSTOM_ITEM_FIELDS,
                                path, spec.line)
         kind = "item" if spec.scope == "item" else "rx"
-        compiler.add(
+        # A custom rule on optional data (weight < 40, critical) gets missing-data twins like a
+        # monograph rule: without weight it says it could not check, instead of staying silent.
+        gate = _Gate({"t": [_eq("t", kind)]})
+        for condition in spec.when:
+            gate.add(condition.field, _custom_condition(condition))
+        compiler.add_with_twins(
             "global",
             CompiledRule(
                 id=f"custom.{spec.id}", category=spec.category, severity=spec.severity, message=spec.message,
-                source=compiler.where(path, spec.line),
-                condition=_all(_eq("t", kind), *[_custom_condition(c) for c in spec.when]),
+                source=compiler.where(path, spec.line), condition={},
                 evidence_fields=tuple(dict.fromkeys(c.field for c in spec.when)),
                 reference=spec.source, scope="item" if spec.scope == "item" else "prescription",
+                drug=f"custom.{spec.id}",
             ),
+            gate,
+            {},
         )
 
 

@@ -64,7 +64,10 @@ def _convert_simple(value: float, unit: str, target: str) -> float | None:
     return None
 
 
-_PER_VOLUME = re.compile(r"^\s*(?P<num>[^/]+?)\s*/\s*(?P<per>\d+(?:\.\d+)?)?\s*(?P<den>[A-Za-z\u4e00-\u9fff]+)\s*$")
+# The part after "/" of a concentration: "5mL", "5 mL", "mL". Matched on stripped text with no
+# nested or adjacent optional whitespace: the earlier single pattern backtracked catastrophically
+# on long runs of spaces (2,000 spaces 2 s, 10,000 over 120 s).
+_PER_PART = re.compile(r"(?P<per>\d+(?:\.\d+)?)?\s?(?P<den>[A-Za-z\u4e00-\u9fff]+)")
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ class Strength:
 
 def parse_strength(value: float, unit: str) -> Strength:
     """``(500, 'mg')`` → 500 mg per tablet; ``(125, 'mg/5mL')`` → 125 mg per 5 mL."""
-    match = _PER_VOLUME.match(unit)
-    if match:
-        per = float(match.group("per")) if match.group("per") else 1.0
-        return Strength(value, canonical_unit(match.group("num")), per, canonical_unit(match.group("den")))
+    numerator, slash, denominator = unit.partition("/")
+    if slash:
+        match = _PER_PART.fullmatch(" ".join(denominator.split()))
+        if match and numerator.strip():
+            per = float(match.group("per")) if match.group("per") else 1.0
+            return Strength(value, canonical_unit(numerator.strip()), per, canonical_unit(match.group("den")))
     return Strength(value, canonical_unit(unit))
 
 

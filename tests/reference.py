@@ -405,7 +405,9 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
         for second in items[index + 1 :]:
             a, b = keys(first.drug), keys(second.drug)
             if first.drug == second.drug:
+                # The same drug written twice: a duplicate, not an interaction with itself.
                 expected.fired.add(("duplicate.same_ingredient", second.id))
+                continue
             else:
                 for duplicate in book.duplicates:
                     key = f"class:{duplicate['class']}"
