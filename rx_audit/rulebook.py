@@ -1270,7 +1270,10 @@ def load_rulebook(root: str | Path) -> Rulebook:
         raise RulebookError("rulebook folder not found", root)
     compiler = _Compiler(root)
     raw_files: dict[Path, Any] = {}
+    dictionary_dir = root / "dictionary"
     for path in _iter_yaml(root):
+        if path.is_relative_to(dictionary_dir):
+            continue  # the drug dictionary has its own loader (rx_audit.dictionary)
         try:
             raw_files[path] = load_yaml(path)
         except RulebookError as error:
