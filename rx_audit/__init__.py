@@ -6,6 +6,15 @@
 >>> result.flagged, [finding.rule for finding in result.findings]
 """
 
+from rx_audit.contract import (
+    AuditResult,
+    Category,
+    Finding,
+    Prescription,
+    RecordError,
+    Severity,
+    parse_prescription,
+)
 from rx_audit.engine import Auditor
 from rx_audit.errors import (
     EngineError,
@@ -18,15 +27,6 @@ from rx_audit.errors import (
     StateError,
 )
 from rx_audit.io import iter_records
-from rx_audit.models import (
-    AuditResult,
-    Category,
-    Finding,
-    Prescription,
-    RecordError,
-    Severity,
-    parse_prescription,
-)
 from rx_audit.rulebook import Rulebook, load_rulebook
 
 __all__ = [

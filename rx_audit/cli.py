@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rx_audit.contract import AuditResult, RecordError
 from rx_audit.engine import Auditor
 from rx_audit.errors import RulebookError, RulebookErrors
 from rx_audit.io import iter_records
-from rx_audit.models import AuditResult, RecordError
 
 app = typer.Typer(
     help="rx_audit 处方前置审核 — prescription audit on durable_rules.",
@@ -151,7 +151,7 @@ def rules_test(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list passing examples too")] = False,
 ) -> None:
     """试审 Run the examples written in the rule files; exit 1 if any fails."""
-    from rx_audit.examples import run_examples
+    from rx_audit.engine.selftest import run_examples
 
     auditor = _load(directory)
     outcomes = run_examples(auditor)

@@ -1,7 +1,7 @@
 """Reading batches: JSON Lines or one JSON array, streamed, every record with its line number.
 
 A record that cannot be read — not JSON, invalid UTF-8, nested too deeply, a number of thousands
-of digits, larger than a record may be — becomes a :class:`~rx_audit.models.RecordError` in the
+of digits, larger than a record may be — becomes a :class:`~rx_audit.contract.RecordError` in the
 stream, so one bad record never stops the batch. Files are read as bytes and decoded a record at
 a time: one invalid byte spoils its own record, not the file. A JSON array is decoded one
 element at a time, so a large file is never held in memory whole, and a broken element is
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rx_audit.models import RecordError, loads_record
+from rx_audit.contract import RecordError, loads_record
 from rx_audit.text import MAX_RECORD_BYTES
 
 _CHUNK = 1 << 16
@@ -34,7 +34,7 @@ def iter_records(source: str | Path | IO[str] | IO[bytes]) -> Iterator[tuple[int
         with open(source, "rb") as stream:
             yield from _iter_bytes(stream)
         return
-    if isinstance(source, io.TextIOBase) or not hasattr(source, "mode") and _is_text(source):
+    if isinstance(source, io.TextIOBase) or (not hasattr(source, "mode") and _is_text(source)):
         yield from _iter_bytes(_Encoded(source))  # type: ignore[arg-type]
         return
     yield from _iter_bytes(source)  # type: ignore[arg-type]

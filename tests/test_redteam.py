@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rx_audit import Auditor
-from rx_audit.engine import _facts_for
+from rx_audit.engine import facts_for, resolve
 from rx_audit.errors import PrescriptionError, RulebookError
 from rx_audit.models import RecordError, parse_prescription
 from rx_audit.rulebook import load_rulebook
@@ -200,7 +200,7 @@ def test_many_items_of_one_drug_cost_linear_facts(auditor):
     """The same drug repeated: one duplicate fact per repeat (the pair count was items², 600 items 2.6 GB)."""
     def pair_facts(count: int) -> int:
         record = {"id": "L", "items": [{"drug": "布洛芬", "dose": {"value": 200, "unit": "mg"}}] * count}
-        facts = _facts_for(parse_prescription(record), auditor.rulebook)
+        facts = facts_for(resolve(parse_prescription(record), auditor.rulebook), auditor.rulebook)
         return sum(1 for batch in facts.batches.values() for fact in batch if fact.get("t") == "pair")
 
     assert pair_facts(100) == 99 and pair_facts(50) == 49

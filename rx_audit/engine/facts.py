@@ -1,0 +1,166 @@
+"""Facts: a resolved prescription written as the JSON facts durable_rules matches.
+
+Three kinds of fact: ``rx`` (the prescription as a whole, for the global rules), ``item`` (one per
+item, into the global ruleset and into its drug's ruleset with the clinical fields), ``pair`` (two
+items some pair rule could match). A value a rule may not read — missing, not finite, too large
+for durable's integers — is *omitted*, never ``None``: durable's ``$nex`` then fires the rule's
+missing-data twin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from rx_audit.engine.resolve import ResolvedItem, ResolvedPrescription
+from rx_audit.rulebook import Drug, Rulebook
+
+_FACT_NUMBERS = itertools.count(1)
+_LARGEST = 1e15
+
+
+@dataclass
+class Facts:
+    """What one prescription asserts: facts per logical ruleset, plus what findings show but rules never read."""
+
+    batches: dict[str, list[dict[str, Any]]]
+    dx_codes: list[str]
+    allergy_text: dict[str, str]
+
+
+def durable_number(value: float | None) -> float | int | None:
+    """A number durable_rules reads correctly, or ``None`` (treated as missing) when there is none.
+
+    durable_rules 2.0.28 misreads exponent notation and can crash on it, and orjson writes floats
+    below 1e-5 that way (``1e-6``): fractions are rounded to 5 decimals. Integers stay integers
+    (evidence reads 500, not 500.0); a value beyond 1e15 would overflow the engine's integers.
+    """
+    if value is None or not math.isfinite(value) or abs(value) >= _LARGEST:
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if value.is_integer() else round(value, 5)
+
+
+def _put(fact: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        fact[key] = value
+
+
+def _common(resolved: ResolvedPrescription, number: int) -> dict[str, Any]:
+    """Scalars every ruleset may read (custom rules included)."""
+    prescription = resolved.prescription
+    common: dict[str, Any] = {"n": number, "visit": prescription.visit_type}
+    for key, value in (("age", resolved.age), ("weight", resolved.weight), ("egfr", resolved.egfr)):
+        _put(common, key, durable_number(value))
+    _put(common, "sex", resolved.sex)
+    for key, flag in (("pregnant", resolved.pregnant), ("lactating", resolved.lactating)):
+        if flag is not None:
+            common[key] = int(flag)
+    for key, text in (("hepatic", resolved.hepatic), ("facility", prescription.facility.id),
+                      ("facility_level", prescription.facility.level), ("department", prescription.department),
+                      ("prescriber", prescription.prescriber.id)):
+        _put(common, key, text)
+    common["dx_count"] = len(resolved.dx_codes)
+    return common
+
+
+def _item_fact(item: ResolvedItem, weight: float | None) -> dict[str, Any]:
+    fact: dict[str, Any] = {
+        "t": "item", "item": item.id, "drug_text": item.drug_text, "known": int(item.drug is not None),
+        "has_dose": int(item.has_dose), "has_freq": int(item.has_freq), "has_route": int(item.has_route),
+        "has_days": int(item.has_days), "has_form": int(item.has_form), "sys": int(item.systemic),
+    }
+    if item.mixed_text:
+        fact["text_mixed"] = 1
+        fact["text_fields"] = "、".join(item.mixed_text)
+    for key in ("form", "form_group", "release", "raw_form", "route", "raw_route", "freq", "raw_freq", "raw_dose"):
+        _put(fact, key, getattr(item, key))
+    _put(fact, "times_per_day", item.times_per_day)
+    _put(fact, "days", durable_number(item.days))
+    if item.drug is None:
+        fact["drug"] = ""
+        return fact
+    fact["drug"] = item.drug.id
+    fact["chronic"] = int(item.drug.chronic)
+    dose = durable_number(item.dose)
+    if dose is not None:
+        fact["dose"] = dose
+        _put(fact, "daily", durable_number(item.daily))
+        if weight is not None:
+            _put(fact, "dose_per_kg", durable_number(dose / weight))
+            if "daily" in fact:
+                _put(fact, "daily_per_kg", durable_number(fact["daily"] / weight))
+    return fact
+
+
+def may_pair(rulebook: Rulebook, first: Drug, second: Drug) -> bool:
+    """Whether any pair rule could match these two drugs, in either order."""
+    first_keys, second_keys = rulebook.pair_keys[first.id], rulebook.pair_keys[second.id]
+    partners = rulebook.pair_partners
+    return any(not partners.get(key, frozenset()).isdisjoint(second_keys) for key in first_keys) or any(
+        not partners.get(key, frozenset()).isdisjoint(first_keys) for key in second_keys
+    )
+
+
+def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any], Drug]]
+                ) -> list[tuple[str, dict[str, Any]]]:
+    """(logical ruleset, fact) for the pairs of items: same-ingredient repeats, then keyed pairs."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    # The same drug written again: one fact per repeat, against its previous occurrence (linear).
+    last_of: dict[str, dict[str, Any]] = {}
+    for fact, drug in known:
+        previous = last_of.get(drug.id)
+        if previous is not None:
+            out.append(("global", {"t": "pair", "n": number, "key": "", "a_item": previous["item"],
+                                   "b_item": fact["item"], "a_drug": drug.id, "b_drug": drug.id, "same": 1}))
+        last_of[drug.id] = fact
+    for index, (first, first_drug) in enumerate(known):
+        for second, second_drug in known[index + 1 :]:
+            # The same drug twice is the duplicate above; it does not interact with itself.
+            if first_drug.id == second_drug.id or not may_pair(rulebook, first_drug, second_drug):
+                continue
+            # One fact per orientation and per key of its first drug that some rule pairs with a
+            # key of the second.
+            for (a, a_drug), (b, b_drug) in (((first, first_drug), (second, second_drug)),
+                                             ((second, second_drug), (first, first_drug))):
+                other_keys = rulebook.pair_keys[b_drug.id]
+                for key in rulebook.pair_keys[a_drug.id]:
+                    partners = rulebook.pair_partners.get(key)
+                    if not partners or partners.isdisjoint(other_keys):
+                        continue
+                    pair = {"t": "pair", "n": number, "key": key, "a_item": a["item"], "b_item": b["item"],
+                            "a_drug": a_drug.id, "b_drug": b_drug.id, "other_keys": other_keys, "same": 0,
+                            "a_sys": a["sys"], "b_sys": b["sys"]}
+                    _put(pair, "a_daily", a.get("daily"))
+                    _put(pair, "b_daily", b.get("daily"))
+                    out.append(("global" if rulebook.pairs_in_global else f"pair:{key}", pair))
+    return out
+
+
+def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
+    """Every fact one prescription asserts, by the logical ruleset it goes to."""
+    number = next(_FACT_NUMBERS)
+    common = _common(resolved, number)
+    batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rx_fact = {"t": "rx", **common, "item_count": len(resolved.items),
+               "allergies_recorded": int(resolved.allergies_recorded)}
+    if resolved.mixed_text:
+        rx_fact["text_mixed"] = 1
+        rx_fact["text_fields"] = "、".join(resolved.mixed_text)
+    batches["global"].append(rx_fact)
+    # Drug rulesets also read diagnoses and allergies; the global ruleset never does.
+    clinical = {**common, "dx": list(resolved.dx_tokens), "allergies": sorted(resolved.allergy_ids)}
+    known: list[tuple[dict[str, Any], Drug]] = []
+    for item in resolved.items:
+        fact = _item_fact(item, common.get("weight"))
+        if item.drug is not None:
+            known.append((fact, item.drug))
+            batches[f"drug:{item.drug.id}"].append({**clinical, **fact})
+        batches["global"].append({**common, **fact})
+    for logical, pair in _pair_facts(rulebook, number, known):
+        batches[logical].append(pair)
+    return Facts(batches=batches, dx_codes=list(resolved.dx_codes), allergy_text=resolved.allergy_text)

@@ -1,0 +1,168 @@
+"""Rules over the prescription as a whole: completeness (处方管理办法), days of supply by visit
+type, text that was not what it seemed, and the hospital's custom rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler
+from rx_audit.rulebook.conditions import Gate, absent, all_of, cmp, custom_condition, eq
+from rx_audit.rulebook.model import CompiledRule
+from rx_audit.rulebook.schema import CUSTOM_ITEM_FIELDS, CUSTOM_PRESCRIPTION_FIELDS, CustomRule, Settings
+
+
+def compile_global_rules(
+    compiler: Compiler, settings: Settings, settings_path: Path, custom: list[tuple[Path, CustomRule]]
+) -> None:
+    settings_line = settings.line or 1
+    where = compiler.where(settings_path, settings_line)
+
+    # Prescription-level completeness (处方管理办法 第五条/附件: 处方前记须有年龄、性别、临床诊断).
+    regulation = "处方管理办法（卫生部令第53号）第六条、附件1 处方标准：处方前记包括患者性别、年龄、临床诊断"
+    for missing, message in (
+        ("age", "处方缺少患者年龄（或出生日期）：年龄相关的剂量与禁忌均无法核查"),
+        ("sex", "处方缺少患者性别：性别与妊娠相关规则无法核查"),
+    ):
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"completeness.missing.{missing}", category="completeness", severity="warning",
+                message=message, source=where, condition=all_of(eq("t", "rx"), absent(missing)),
+                reference=regulation, scope="prescription",
+            ),
+        )
+    compiler.add(
+        "global",
+        CompiledRule(
+            id="completeness.missing.diagnosis", category="completeness", severity="warning",
+            message="处方无临床诊断：适应证无法审核", source=where,
+            condition=all_of(eq("t", "rx"), eq("dx_count", 0)), reference=regulation, scope="prescription",
+        ),
+    )
+    if settings.missing_allergy_info:
+        compiler.add(
+            "global",
+            CompiledRule(
+                id="completeness.missing.allergies", category="completeness", severity="info",
+                message="未记录过敏史（无过敏请写空列表）：过敏禁忌无法核查", source=where,
+                condition=all_of(eq("t", "rx"), eq("allergies_recorded", 0)),
+                reference="医疗机构处方审核规范（2018）第十五条：审核过敏史", scope="prescription",
+            ),
+        )
+
+    # Item-level completeness, written on the prescription itself (处方书写规则).
+    writing = "处方管理办法 第六条：药品用法用量应当按照药品说明书规定的常规用法用量书写"
+    compiler.add(
+        "global",
+        CompiledRule(
+            id="completeness.unknown_drug", category="completeness", severity=settings.unknown_drug_severity,
+            message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
+            condition=all_of(eq("t", "item"), eq("known", 0)), evidence_fields=("drug_text",),
+            reference="rx_audit: 未知药品必须可见，不得静默通过", scope="item",
+        ),
+    )
+    # Text that mixed Latin with look-alike letters was folded and audited; the pharmacist sees it.
+    unicode_source = "Unicode TR39 混淆字符 (confusables); rx_audit: 文字须与药师所见一致"
+    for kind, scope, message in (
+        ("item", "item", "药品“{drug_text}”的文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
+        ("rx", "prescription", "处方文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
+    ):
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"completeness.mixed_script{'' if kind == 'item' else '_prescription'}", category="completeness",
+                severity="warning", message=message, source=where,
+                condition=all_of(eq("t", kind), eq("text_mixed", 1)),
+                evidence_fields=("drug_text", "text_fields") if kind == "item" else ("text_fields",),
+                reference=unicode_source, scope=scope,  # type: ignore[arg-type]
+            ),
+        )
+    for raw_field, label_zh in (("has_dose", "剂量"), ("has_freq", "用药频次"), ("has_route", "给药途径"),
+                                ("has_days", "用药天数")):
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"completeness.missing.{raw_field.removeprefix('has_')}", category="completeness",
+                severity="warning", message=f"药品{{drug_text}}未写{label_zh}", source=where,
+                condition=all_of(eq("t", "item"), eq(raw_field, 0)), evidence_fields=("drug_text",),
+                reference=writing, scope="item",
+            ),
+        )
+    for unusable, label_zh, raw_field in (("dose", "剂量单位无法换算（缺少规格或单位不识别）", "has_dose"),
+                                          ("freq", "无法识别的用药频次", "has_freq"),
+                                          ("route", "无法识别的给药途径", "has_route"),
+                                          ("form", "无法识别的剂型", "has_form")):
+        fact_field = "form_group" if unusable == "form" else unusable
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"completeness.unusable.{unusable}", category="completeness", severity="warning",
+                message=f"药品{{drug_text}}：{label_zh}：{{raw_{unusable}}}", source=where,
+                condition=all_of(eq("t", "item"), eq("known", 1), eq(raw_field, 1), absent(fact_field)),
+                evidence_fields=("drug_text", f"raw_{unusable}"), reference=writing, scope="item",
+            ),
+        )
+    compiler.add(
+        "global",
+        CompiledRule(
+            id="duplicate.same_ingredient", category="duplicate", severity="warning",
+            message="同一药品{a}重复开具", source=where,
+            condition=all_of(eq("t", "pair"), eq("key", ""), eq("same", 1)), evidence_fields=("a_drug", "b_drug"),
+            reference="医疗机构处方审核规范（2018）第十五条：是否有重复给药", scope="pair",
+        ),
+    )
+
+    # Days of supply by visit type.
+    for visit, limit in settings.duration.items():
+        line = settings.line_of("duration")
+        source = compiler.where(settings_path, limit.line or line)
+        chronic_max = limit.chronic_drug_max_days
+        compiler.add(
+            "global",
+            CompiledRule(
+                id=f"duration.{visit}", category="duration", severity=limit.severity,
+                message=f"{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天", source=source,
+                condition=all_of(eq("t", "item"), eq("known", 1), eq("visit", visit),
+                               *([eq("chronic", 0)] if chronic_max else []), cmp("$gt", "days", limit.max_days)),
+                evidence_fields=("days", "visit"), limits={"limit": limit.max_days}, reference=limit.source,
+            ),
+        )
+        if chronic_max:
+            compiler.add(
+                "global",
+                CompiledRule(
+                    id=f"duration.{visit}_chronic_drug", category="duration", severity=limit.severity,
+                    message=f"慢性病用药{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天",
+                    source=source,
+                    condition=all_of(eq("t", "item"), eq("known", 1), eq("visit", visit), eq("chronic", 1),
+                                   cmp("$gt", "days", chronic_max)),
+                    evidence_fields=("days", "visit"), limits={"limit": chronic_max}, reference=limit.source,
+                ),
+            )
+
+    # Hospital custom rules.
+    for path, spec in custom:
+        compiler.check_message(spec.message, ITEM_PLACEHOLDERS | CUSTOM_PRESCRIPTION_FIELDS | CUSTOM_ITEM_FIELDS,
+                               path, spec.line)
+        kind = "item" if spec.scope == "item" else "rx"
+        # A custom rule on optional data (weight < 40, critical) gets missing-data twins like a
+        # monograph rule: without weight it says it could not check, instead of staying silent.
+        gate = Gate({"t": [eq("t", kind)]})
+        for condition in spec.when:
+            gate.add(condition.field, custom_condition(condition))
+        compiler.add_with_twins(
+            "global",
+            CompiledRule(
+                id=f"custom.{spec.id}", category=spec.category, severity=spec.severity, message=spec.message,
+                source=compiler.where(path, spec.line), condition={},
+                evidence_fields=tuple(dict.fromkeys(c.field for c in spec.when)),
+                reference=spec.source, scope="item" if spec.scope == "item" else "prescription",
+                drug=f"custom.{spec.id}",
+            ),
+            gate,
+            {},
+        )
+
+
+_VISIT_ZH = {"outpatient": "门诊", "emergency": "急诊", "inpatient": "住院", "chronic": "长期处方"}

@@ -1,0 +1,194 @@
+"""The compiled rulebook: rules with what explains them, drugs, examples, and the views the engine reads.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rx_audit.rulebook.names import name_variants, normalise_name
+from rx_audit.rulebook.schema import CategoryName, Settings, SeverityName
+
+
+@dataclass
+class CompiledRule:
+    """A durable_rules rule and what a finding of it says."""
+
+    id: str
+    category: CategoryName
+    severity: SeverityName
+    message: str
+    source: str  # "rules/drugs/metformin.yaml:41"
+    condition: dict[str, Any]
+    evidence_fields: tuple[str, ...] = ()
+    limits: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""
+    drug: str | None = None
+    # For a missing-data twin: the field that is missing and the rules it stands for.
+    missing_field: str | None = None
+    covers: tuple[str, ...] = ()
+    scope: Literal["item", "pair", "prescription"] = "item"
+    placeholders: frozenset[str] = field(default=frozenset(), init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.message) if name}
+        except ValueError:
+            names = set()
+        self.placeholders = frozenset(names)
+
+
+@dataclass
+class Drug:
+    id: str
+    name: str
+    names: list[str]
+    atc: list[str]
+    classes: list[str]
+    allergy_classes: list[str]
+    unit: str
+    chronic: bool
+    forms: dict[str, list[str]]
+    source: str
+    path: str
+    line: int
+    # What an allergy written as this drug's name means: the drug and its propagating classes.
+    allergy_implied: tuple[str, ...] = ()
+
+
+@dataclass
+class RuleExample:
+    """An example written in a rule file: a small prescription and the rule ids that must fire."""
+
+    name: str
+    source: str
+    prescription: dict[str, Any]
+    expect: list[str]
+
+
+@dataclass
+class Rulebook:
+    """A validated, compiled rulebook: what an :class:`~rx_audit.engine.Auditor` loads."""
+
+    root: Path
+    hash: str
+    settings: Settings
+    drugs: dict[str, Drug]
+    rules: dict[str, CompiledRule]  # by durable rule name
+    rulesets: dict[str, list[str]]  # logical ruleset name -> durable rule names
+    names: dict[str, str]  # normalised drug name / synonym / ATC -> drug id
+    allergy_names: dict[str, list[str]]  # normalised allergy text -> allergy ids
+    class_names: dict[str, str]
+    examples: list[RuleExample]
+    warnings: list[str]
+    pairs_in_global: bool = True
+    pair_rule_keys: frozenset[str] = frozenset()  # drug ids and "class:…" that start a pair rule
+    # first key -> the second keys some pair rule pairs it with: a pair fact is built only for
+    # two items some rule could match, so the cost follows the interactions, not items².
+    pair_partners: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
+    _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pair_keys = {d.id: [d.id, *(f"class:{c}" for c in d.classes)] for d in self.drugs.values()}
+
+    def drug_for(self, text: str, atc: str | None = None) -> Drug | None:
+        """The drug an HIS name (Chinese, English, synonym) or ATC code means; ``None`` if unknown."""
+        key = (text, atc)
+        if key in self._lookups:
+            return self._lookups[key]
+        drug_id = self.names.get(normalise_name(text))
+        if drug_id is None and atc:
+            drug_id = self.names.get(normalise_name(atc))
+        if drug_id is None:
+            drug_id = next((self.names[name] for name in name_variants(text) if name in self.names), None)
+        drug = self.drugs.get(drug_id) if drug_id else None
+        if len(self._lookups) < 100_000:  # bounded: free-text names from a large replay
+            self._lookups[key] = drug
+        return drug
+
+    def rules_by_id(self) -> dict[str, CompiledRule]:
+        return {rule.id: rule for rule in self.rules.values()}
+
+    def fields_read(self) -> dict[str, frozenset[str]]:
+        """Per logical ruleset, the fact fields its rules compare or show: all a fact needs to carry."""
+        fields: dict[str, set[str]] = defaultdict(lambda: set(_ALWAYS_CARRIED))
+        for name, rule_names in self.rulesets.items():
+            logical = name.split("#", 1)[0]
+            for rule_name in rule_names:
+                rule = self.rules[rule_name]
+                fields[logical].update(_condition_fields(rule.condition))
+                fields[logical].update(rule.evidence_fields)
+        return {name: frozenset(value) for name, value in fields.items()}
+
+    def list_vocabulary(self, list_field: str) -> dict[str, frozenset[str]]:
+        """Per logical ruleset, the values its rules look for in a list field (``dx``, ``allergies``).
+
+        A fact need carry no other values: they cannot change any test of that ruleset, and
+        durable_rules' cost grows with every list entry it walks.
+        """
+        found: dict[str, set[str]] = defaultdict(set)
+        for name, rule_names in self.rulesets.items():
+            for rule_name in rule_names:
+                found[name.split("#", 1)[0]].update(_list_values(self.rules[rule_name].condition, list_field))
+        return {name: frozenset(values) for name, values in found.items()}
+
+    def ruleset_definitions(self) -> dict[str, dict[str, Any]]:
+        """The JSON definitions handed to durable_rules, one per (sharded) ruleset."""
+        return {
+            name: {rule_name: {"all": [{"m": self.rules[rule_name].condition}]} for rule_name in rule_names}
+            for name, rule_names in self.rulesets.items()
+        }
+
+
+# Identity of a fact: never dropped, so two equal items of one prescription stay two facts.
+_ALWAYS_CARRIED = ("t", "n", "item", "a_item", "b_item", "drug", "a_drug", "b_drug")
+
+
+def _list_values(condition: Any, list_field: str) -> set[str]:
+    """The ``$i`` values a condition compares a list field's items with."""
+    found: set[str] = set()
+    if isinstance(condition, list):
+        for part in condition:
+            found |= _list_values(part, list_field)
+    elif isinstance(condition, dict):
+        for key, value in condition.items():
+            if key in ("$iany", "$iall") and isinstance(value, dict) and list_field in value:
+                found |= _item_values(value[list_field])
+            elif isinstance(value, (dict, list)):
+                found |= _list_values(value, list_field)
+    return found
+
+
+def _item_values(test: Any) -> set[str]:
+    if isinstance(test, list):
+        return {v for part in test for v in _item_values(part)}
+    if isinstance(test, dict):
+        if "$i" in test and isinstance(test["$i"], str):
+            return {test["$i"]}
+        return {v for value in test.values() for v in _item_values(value)}
+    return set()
+
+
+def _condition_fields(condition: Any) -> set[str]:
+    """The fact fields a durable_rules condition reads."""
+    found: set[str] = set()
+    if isinstance(condition, list):
+        for part in condition:
+            found |= _condition_fields(part)
+    elif isinstance(condition, dict):
+        for key, value in condition.items():
+            if key in ("$and", "$or"):
+                found |= _condition_fields(value)
+            elif key.startswith("$"):
+                if isinstance(value, dict):
+                    found.update(name for name in value if not name.startswith("$"))
+            else:
+                found.add(key)
+    return found
+
+
