@@ -128,48 +128,63 @@ def _element_end(buffer: bytes, start: int) -> int | None:
     return None
 
 
-def _iter_array(head: bytes, stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
-    buffer = head
-    position = buffer.index(b"[") + 1
-    line = 1 + buffer.count(b"\n", 0, position)
-    exhausted = False
+class _ArrayReader:
+    """A JSON array read element by element from a byte stream, with its line count."""
 
-    def refill() -> bool:
-        nonlocal buffer, position, exhausted
-        chunk = stream.read(_CHUNK)
-        buffer, position = buffer[position:] + chunk, 0
-        exhausted = not chunk
+    def __init__(self, head: bytes, stream: IO[bytes]):
+        self.stream = stream
+        self.buffer = head
+        self.position = head.index(b"[") + 1
+        self.line = 1 + head.count(b"\n", 0, self.position)
+        self.exhausted = False
+
+    def refill(self) -> bool:
+        chunk = self.stream.read(_CHUNK)
+        self.buffer, self.position = self.buffer[self.position :] + chunk, 0
+        self.exhausted = not chunk
         return bool(chunk)
 
-    while True:
-        # Skip separators, counting lines, refilling as needed.
+    def skip_separators(self) -> None:
+        """Past spaces and commas, counting lines, refilling as needed."""
         while True:
-            while position < len(buffer) and buffer[position] in b" \t\r\n,":
-                if buffer[position] == 0x0A:
-                    line += 1
-                position += 1
-            if position < len(buffer) or exhausted or not refill():
-                break
-        if position >= len(buffer):
+            while self.position < len(self.buffer) and self.buffer[self.position] in b" \t\r\n,":
+                if self.buffer[self.position] == 0x0A:
+                    self.line += 1
+                self.position += 1
+            if self.position < len(self.buffer) or self.exhausted or not self.refill():
+                return
+
+    def next_end(self) -> int | None:
+        """The end of the element at the position, reading more as needed, up to a record's size."""
+        end = _element_end(self.buffer, self.position)
+        while end is None and not self.exhausted and len(self.buffer) - self.position <= MAX_RECORD_BYTES:
+            self.refill()
+            end = _element_end(self.buffer, self.position)
+        return end
+
+
+def _iter_array(head: bytes, stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    reader = _ArrayReader(head, stream)
+    while True:
+        reader.skip_separators()
+        line = reader.line
+        if reader.position >= len(reader.buffer):
             yield line, RecordError(line=line, error="JSON数组没有结束 (unterminated JSON array)")
             return
-        if buffer[position] == 0x5D:
+        if reader.buffer[reader.position] == 0x5D:
             return
-        end = _element_end(buffer, position)
-        while end is None and not exhausted and len(buffer) - position <= MAX_RECORD_BYTES:
-            refill()
-            end = _element_end(buffer, position)
+        end = reader.next_end()
         if end is None:
-            if len(buffer) - position > MAX_RECORD_BYTES:
-                yield line, RecordError(line=line, error=f"第{line}行记录过大 (record larger than {MAX_RECORD_BYTES} bytes)")
-            else:
-                yield line, RecordError(line=line, error=f"第{line}行JSON没有结束 (unterminated JSON value)")
+            too_large = len(reader.buffer) - reader.position > MAX_RECORD_BYTES
+            problem = f"记录过大 (record larger than {MAX_RECORD_BYTES} bytes)" if too_large \
+                else "JSON没有结束 (unterminated JSON value)"
+            yield line, RecordError(line=line, error=f"第{line}行{problem}")
             return
-        raw = buffer[position:end]
+        raw = reader.buffer[reader.position : end]
         record = _parse_line(raw, line)
         if record is not None:
             if isinstance(record, RecordError):
                 record.line = line
             yield line, record
-        line += raw.count(b"\n")
-        position = end
+        reader.line += raw.count(b"\n")
+        reader.position = end

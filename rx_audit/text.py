@@ -134,52 +134,64 @@ def _path(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def sanitise(data: Any) -> tuple[Any, list[TextNote]]:
-    """A copy of ``data`` with every string cleaned, and notes for strings that mixed scripts.
+class _Sanitiser:
+    """One walk over a record: cleaned copies of its strings, notes, and the limits counted."""
 
-    Raises :class:`InputLimitError` (naming the field) beyond the depth, size and length limits.
-    Dictionary keys are cleaned too, so an invisible character cannot hide a field from the model.
-    """
-    notes: list[TextNote] = []
-    nodes = 0
+    def __init__(self) -> None:
+        self.notes: list[TextNote] = []
+        self.nodes = 0
 
-    def text(value: str, path: str) -> str:
+    def text(self, value: str, path: str) -> str:
         if len(value) > MAX_TEXT * 4:
             raise InputLimitError(path, f"文本过长 (text longer than {MAX_TEXT} characters)")
         cleaned, mixed = clean_text(value)
         if len(cleaned) > MAX_TEXT:
             raise InputLimitError(path, f"文本过长 (text longer than {MAX_TEXT} characters)")
         if mixed:
-            notes.append(TextNote(path, "mixed_script", value.encode("unicode_escape").decode("ascii"), cleaned))
+            self.notes.append(TextNote(path, "mixed_script", value.encode("unicode_escape").decode("ascii"), cleaned))
         return cleaned
 
+    def count(self, path: str, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise InputLimitError(path or "(record)", f"记录过大 (more than {MAX_NODES} values)")
+        if depth > MAX_DEPTH:
+            raise InputLimitError(path or "(record)", f"嵌套过深 (nested deeper than {MAX_DEPTH})")
+
+    def mapping(self, value: dict[Any, Any], path: str) -> tuple[dict[Any, Any], list[tuple[Any, Any, str]]]:
+        copy: dict[Any, Any] = {}
+        children = []
+        for child_key, child in value.items():
+            name = self.text(child_key, path) if isinstance(child_key, str) else child_key
+            if name in copy:
+                # "dr\u200bug" beside "drug": which one would the rules read? Refuse, named.
+                raise InputLimitError(_path(path, name), "字段名重复 (field appears twice once normalised)")
+            copy[name] = None
+            children.append((name, child, _path(path, name)))
+        return copy, children
+
+
+def sanitise(data: Any) -> tuple[Any, list[TextNote]]:
+    """A copy of ``data`` with every string cleaned, and notes for strings that mixed scripts.
+
+    Raises :class:`InputLimitError` (naming the field) beyond the depth, size and length limits.
+    Dictionary keys are cleaned too, so an invisible character cannot hide a field from the model.
+    """
+    walk = _Sanitiser()
     root: list[Any] = [None]
     # (container to fill, key in it, value to copy, path, depth): iterative, so depth costs no stack.
     stack: list[tuple[Any, Any, Any, str, int]] = [(root, 0, data, "", 0)]
     while stack:
         target, key, value, path, depth = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise InputLimitError(path or "(record)", f"记录过大 (more than {MAX_NODES} values)")
-        if depth > MAX_DEPTH:
-            raise InputLimitError(path or "(record)", f"嵌套过深 (nested deeper than {MAX_DEPTH})")
+        walk.count(path, depth)
         if isinstance(value, str):
-            target[key] = text(value, path)
+            target[key] = walk.text(value, path)
         elif isinstance(value, dict):
-            copy: dict[str, Any] = {}
-            target[key] = copy
-            for child_key, child in value.items():
-                name = text(child_key, path) if isinstance(child_key, str) else child_key
-                if name in copy:
-                    # "dr\u200bug" beside "drug": which one would the rules read? Refuse, named.
-                    raise InputLimitError(_path(path, name), "字段名重复 (field appears twice once normalised)")
-                copy[name] = None
-                stack.append((copy, name, child, _path(path, name), depth + 1))
+            target[key], children = walk.mapping(value, path)
+            stack.extend((target[key], name, child, child_path, depth + 1) for name, child, child_path in children)
         elif isinstance(value, (list, tuple)):
-            items: list[Any] = [None] * len(value)
-            target[key] = items
-            for index, child in enumerate(value):
-                stack.append((items, index, child, _path(path, index), depth + 1))
+            target[key] = [None] * len(value)
+            stack.extend((target[key], index, child, _path(path, index), depth + 1) for index, child in enumerate(value))
         else:
             target[key] = value
-    return root[0], sorted(notes, key=lambda note: note.path)
+    return root[0], sorted(walk.notes, key=lambda note: note.path)

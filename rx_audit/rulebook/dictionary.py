@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from rx_audit.errors import RulebookError
+from rx_audit.errors import RulebookError, RulebookErrors
 from rx_audit.normalise import FORM_GROUPS, ROUTES
 from rx_audit.rulebook.compiler import Compiler
 from rx_audit.rulebook.loader import iter_yaml
@@ -90,6 +90,32 @@ class Dictionary:
     where: dict[str, str]  # entry id -> file:line
 
 
+def _read_entries(compiler: Compiler, path: Path, classes: set[str] | None,
+                  allergy_classes: set[str] | None) -> list[DictionaryEntry]:
+    try:
+        raw = load_yaml(path)
+    except RulebookError as error:
+        error.path = compiler.rel(path)
+        compiler.errors.append(error)
+        return []
+    if not isinstance(raw, dict) or "dictionary" not in raw:
+        compiler.error("a dictionary file is a mapping with a `dictionary:` list", path, 1)
+        return []
+    for key in set(raw) - {"dictionary", LINE_KEY, LINES_KEY}:
+        compiler.error(f"unknown section {key!r}", path, raw[LINES_KEY].get(key))
+    entries = [entry for item in raw.get("dictionary") or []
+               if (entry := compiler.validate(DictionaryEntry, item, path)) is not None]
+    for entry in entries:
+        for name in entry.classes:
+            if classes is not None and name not in classes:
+                compiler.error(f"unknown class {name!r} (rules/classes.yaml)", path, entry.line_of("classes"))
+        for name in entry.allergy_classes:
+            if allergy_classes is not None and name not in allergy_classes:
+                compiler.error(f"unknown allergy class {name!r} (rules/allergy_classes.yaml)", path,
+                               entry.line_of("allergy_classes"))
+    return entries
+
+
 def load_dictionary(root: str | Path, *, classes: set[str] | None = None,
                     allergy_classes: set[str] | None = None) -> Dictionary:
     """Load and validate every file under ``root``; raise every error at once (file:line)."""
@@ -99,34 +125,13 @@ def load_dictionary(root: str | Path, *, classes: set[str] | None = None,
     where: dict[str, str] = {}
     owners: dict[str, set[str]] = {}
     for path in iter_yaml(root):
-        try:
-            raw = load_yaml(path)
-        except RulebookError as error:
-            error.path = compiler.rel(path)
-            compiler.errors.append(error)
-            continue
-        if not isinstance(raw, dict) or "dictionary" not in raw:
-            compiler.error("a dictionary file is a mapping with a `dictionary:` list", path, 1)
-            continue
-        for key in set(raw) - {"dictionary", LINE_KEY, LINES_KEY}:
-            compiler.error(f"unknown section {key!r}", path, raw[LINES_KEY].get(key))
-        for item in raw.get("dictionary") or []:
-            entry = compiler.validate(DictionaryEntry, item, path)
-            if entry is None:
-                continue
+        for entry in _read_entries(compiler, path, classes, allergy_classes):
             if entry.id in entries:
                 compiler.error(f"entry {entry.id} is defined twice (also at {where[entry.id]})", path, entry.line)
                 continue
-            for name in entry.classes:
-                if classes is not None and name not in classes:
-                    compiler.error(f"unknown class {name!r} (rules/classes.yaml)", path, entry.line_of("classes"))
-            for name in entry.allergy_classes:
-                if allergy_classes is not None and name not in allergy_classes:
-                    compiler.error(f"unknown allergy class {name!r} (rules/allergy_classes.yaml)", path,
-                                   entry.line_of("allergy_classes"))
             entries[entry.id] = entry
             where[entry.id] = compiler.where(path, entry.line)
-            for alias in {entry.id, entry.name, *((entry.inn and [entry.inn]) or []), *entry.salts, *entry.names}:
+            for alias in {entry.id, entry.name, *([entry.inn] if entry.inn else []), *entry.salts, *entry.names}:
                 owners.setdefault(normalise_name(alias), set()).add(entry.id)
     for entry_id, entry in entries.items():
         for ingredient in entry.ingredients:
@@ -135,8 +140,6 @@ def load_dictionary(root: str | Path, *, classes: set[str] | None = None,
                 compiler.errors.append(RulebookError(f"{entry_id}: ingredient {ingredient!r} has no entry",
                                                      path_text, int(line)))
     if compiler.errors:
-        from rx_audit.errors import RulebookErrors
-
         raise RulebookErrors(compiler.errors)
     names = {name: next(iter(ids)) for name, ids in owners.items() if len(ids) == 1}
     ambiguous = {name: sorted(ids) for name, ids in owners.items() if len(ids) > 1}

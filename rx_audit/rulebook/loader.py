@@ -123,28 +123,33 @@ def _sort_sections(compiler: Compiler, root: Path, raw_files: dict[Path, Any]) -
             continue
         if not isinstance(raw, dict):
             compiler.error("a rule file is a mapping (drug:, classes:, interactions:, …)", path, 1)
-            continue
-        keys = {k for k in raw if k not in (LINE_KEY, LINES_KEY)}
-        if "drug" in keys:
+        elif "drug" in raw:
             sections.drug_files.append((path, raw))
-            continue
-        for key in keys - _SECTIONS:
-            compiler.error(f"unknown section {key!r}; expected one of {sorted(_SECTIONS | {'drug'})}", path,
-                           raw[LINES_KEY].get(key))
-        for name, entry in _named_entries(raw, "classes"):
-            if (spec := compiler.validate(ClassSpec, entry, path)) is not None:
-                sections.classes[name] = spec
-        for name, entry in _named_entries(raw, "allergy_classes"):
-            if (allergy := compiler.validate(AllergyClassSpec, entry, path)) is not None:
-                sections.allergy_specs[name] = allergy
-                sections.allergy_path[name] = path
-        for model, target in ((InteractionSpec, sections.interactions), (DuplicateSpec, sections.duplicates),
-                              (CustomRule, sections.custom)):
-            key = {InteractionSpec: "interactions", DuplicateSpec: "duplicates", CustomRule: "custom"}[model]
-            for entry in raw.get(key) or []:
-                if (parsed_entry := compiler.validate(model, entry, path)) is not None:
-                    target.append((path, parsed_entry))  # type: ignore[arg-type]
+        else:
+            _sort_file(compiler, sections, path, raw)
     return sections
+
+
+def _sort_file(compiler: Compiler, sections: Sections, path: Path, raw: dict[str, Any]) -> None:
+    for key in {k for k in raw if k not in (LINE_KEY, LINES_KEY)} - _SECTIONS:
+        compiler.error(f"unknown section {key!r}; expected one of {sorted(_SECTIONS | {'drug'})}", path,
+                       raw[LINES_KEY].get(key))
+    for name, entry in _named_entries(raw, "classes"):
+        if (spec := compiler.validate(ClassSpec, entry, path)) is not None:
+            sections.classes[name] = spec
+    for name, entry in _named_entries(raw, "allergy_classes"):
+        if (allergy := compiler.validate(AllergyClassSpec, entry, path)) is not None:
+            sections.allergy_specs[name] = allergy
+            sections.allergy_path[name] = path
+    for entry in raw.get("interactions") or []:
+        if (interaction := compiler.validate(InteractionSpec, entry, path)) is not None:
+            sections.interactions.append((path, interaction))
+    for entry in raw.get("duplicates") or []:
+        if (duplicate := compiler.validate(DuplicateSpec, entry, path)) is not None:
+            sections.duplicates.append((path, duplicate))
+    for entry in raw.get("custom") or []:
+        if (custom := compiler.validate(CustomRule, entry, path)) is not None:
+            sections.custom.append((path, custom))
 
 
 def _drug_of(compiler: Compiler, sections: Sections, path: Path, spec: DrugFile) -> Drug:

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from rx_audit.mimic import DEFAULT_DIR, icd10_dotted, write_jsonl
+from rx_audit.adapters.mimic import icd10_dotted, write_jsonl
 from rx_audit.models import parse_prescription
 from rx_audit.replay import replay
 
+DEFAULT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mimic-iv-demo"
 pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "hosp").exists(), reason="MIMIC-IV demo data not present")
 
 
 def test_convert_and_replay(tmp_path: Path) -> None:
     out = tmp_path / "mimic.jsonl"
-    report = write_jsonl(out)
+    report = write_jsonl(out, DEFAULT_DIR)
     data = report.to_dict()
     assert data["prescriptions"] > 3000 and data["items"] == 18087
     assert data["unknown_units"]["mEq"] > 0 and data["unknown_routes_total"] > 0
@@ -37,7 +38,7 @@ def test_real_rulebook_on_mimic(tmp_path: Path) -> None:
 
     rules = Path(__file__).resolve().parents[2] / "rules"
     try:
-        report = write_jsonl(tmp_path / "m.jsonl", rules=rules)
+        report = write_jsonl(tmp_path / "m.jsonl", DEFAULT_DIR, rules=rules)
     except RulebookError as error:
         pytest.skip(f"rulebook does not load yet: {str(error)[:200]}")
     assert report.to_dict()["unknown_drugs_total"] > 0  # reported, not a crash
