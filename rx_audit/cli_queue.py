@@ -1,11 +1,18 @@
-"""``rx-audit queue stats|list`` and ``rx-audit replay`` (wired into :mod:`rx_audit.cli`)."""
+"""``rx-audit queue stats|list|migrate|verify`` and ``rx-audit replay`` (wired into :mod:`rx_audit.cli`).
+
+A failure of the queue or its database (down, locked, read-only, full, schema not migrated) is one
+line on stderr and exit status 2, with any URL's password masked; never a traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +21,34 @@ from rich.table import Table
 queue_app = typer.Typer(help="药师审方队列 the pharmacist review queue.", no_args_is_help=True)
 
 DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL, e.g. sqlite:///rx_audit.db", envvar="RX_AUDIT_DB")]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def one_line_errors(command: _F) -> _F:
+    """QueueError (and a database error that is not one) → one line on stderr, exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from rx_audit.errors import QueueError
+        from rx_audit.queue import mask_url
+
+        try:
+            return command(*args, **kwargs)
+        except QueueError as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except SQLAlchemyError as error:
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()
+            db = kwargs.get("db") or ""
+            message = f"数据库错误 (database error): {mask_url(db) if db else ''}: {first[0] if first else ''}"
+        db = kwargs.get("db")
+        if db and "@" in db and ":" in db:  # never print a password, whatever the message quoted
+            message = message.replace(db, mask_url(db))
+        print(f"rx-audit: {message}", file=sys.stderr)
+        raise typer.Exit(2)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _rules_dir(rules: Path | None) -> Path:
@@ -27,7 +62,41 @@ def _rules_dir(rules: Path | None) -> Path:
         return Path(os.environ.get("RX_AUDIT_RULES", "rules"))
 
 
+@queue_app.command("migrate")
+@one_line_errors
+def migrate_command(
+    db: DbOption = "sqlite:///rx_audit.db",
+    grant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grant",
+            help="PostgreSQL: application role to grant its rights to (repeatable)",
+            envvar="RX_AUDIT_APP_ROLE",
+        ),
+    ] = None,
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Create or upgrade the queue's schema (Alembic migrations); run once, as the owner role on PostgreSQL."""
+    from rx_audit.queue import mask_url, migrate
+
+    version = migrate(db, grant_to=grant or [], revision=revision)
+    print(f"schema at {version} (数据库结构已是最新): {mask_url(db)}")
+
+
+@queue_app.command("verify")
+@one_line_errors
+def verify_command(db: DbOption = "sqlite:///rx_audit.db") -> None:
+    """Check the audit trail and decisions' hash chains and every item's status; exit 1 at the first break."""
+    from rx_audit.queue import ReviewQueue
+
+    with ReviewQueue(db) as queue:
+        result = queue.verify()
+    print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    raise typer.Exit(0 if result.ok else 1)
+
+
 @queue_app.command("stats")
+@one_line_errors
 def stats_command(
     db: DbOption = "sqlite:///rx_audit.db",
     as_json: Annotated[
@@ -79,6 +148,7 @@ def stats_command(
 
 
 @queue_app.command("list")
+@one_line_errors
 def list_command(
     db: DbOption = "sqlite:///rx_audit.db",
     status: Annotated[
@@ -132,6 +202,7 @@ def list_command(
     Console().print(table)
 
 
+@one_line_errors
 def replay_command(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON Lines or a JSON array")],
     db: Annotated[
@@ -194,7 +265,8 @@ def _print_summary(data: dict[str, Any]) -> None:
     summary = data["summary"]
     console.print(
         f"[bold]{data['file']}[/bold]: this run read {data['read']:,} records in {data['seconds']:.1f}s "
-        f"({data['rate']:,.0f}/s): {data['stored']:,} stored, {data['skipped']:,} already stored, "
+        f"({data['rate']:,.0f}/s): {data['stored']:,} stored ({data['new_versions']:,} new versions), "
+        f"{data['flagged']:,} flagged, {data['repeats']:,} repeats, {data['skipped']:,} already stored, "
         f"{data['errors']:,} unreadable"
     )
     share = summary["flagged_share"]

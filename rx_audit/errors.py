@@ -6,8 +6,15 @@
     ├── PrescriptionError        a prescription cannot be read; names its id and field
     ├── EngineError              durable_rules refused a ruleset or an evaluation
     └── QueueError               the review queue refused an operation
-        ├── NotFoundError        no such prescription / review item
-        └── StateError           the operation is not allowed in the item's current state
+        ├── NotFoundError        no such prescription / review item (or outside the caller's scope)
+        ├── StateError           the operation is not allowed in the item's current state
+        ├── ReasonRequiredError  passing a critical finding needs a reason code and a comment
+        ├── SchemaVersionError   the database is not at the current schema: run `rx-audit queue migrate`
+        └── DatabaseError        the database failed (one line, password masked in any URL)
+            ├── DatabaseUnavailableError  cannot connect, after bounded retries with back-off
+            ├── DatabaseLockedError       a lock was not granted within the lock timeout
+            ├── DatabaseReadOnlyError     the database (file, directory or role) is read-only
+            └── DatabaseFullError         the disk or the database is full
 """
 
 from __future__ import annotations
@@ -83,3 +90,36 @@ class NotFoundError(QueueError):
 
 class StateError(QueueError):
     """The operation is not allowed in the item's current state (e.g. approving an unclaimed item)."""
+
+
+class ReasonRequiredError(QueueError):
+    """审核通过含“拦截”(critical)问题的处方，必须填写原因代码和说明 (a critical finding needs a reason code and
+    a comment to be passed)."""
+
+
+class SchemaVersionError(QueueError):
+    """The database schema is missing or not at the version this code needs; run the migrate command."""
+
+
+class DatabaseError(QueueError):
+    """The database failed: down, locked, read-only or full. ``url`` has its password masked."""
+
+    def __init__(self, message: str, url: str | None = None):
+        self.url = url
+        super().__init__(message)
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """Cannot connect to the database (after bounded retries with back-off)."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """A lock was not granted within the lock timeout (SQLite busy_timeout, PostgreSQL lock_timeout)."""
+
+
+class DatabaseReadOnlyError(DatabaseError):
+    """A write on a read-only database (file mode, directory, mount or role)."""
+
+
+class DatabaseFullError(DatabaseError):
+    """The disk or the database is full."""

@@ -8,7 +8,17 @@
   the same command skips every (prescription id, version) already audited by the same rulebook,
   and storing is idempotent anyway, so each prescription is stored exactly once.
 * Unreadable records are counted and stored by batch and line (``rx_replay_error``); the batch
-  goes on.
+  goes on. So does a record that fails in any other way — an unexpected exception while auditing
+  it, or while storing it (the chunk is then stored record by record and the one that cannot be
+  stored becomes an error row with its line and id). Only a failure of the database itself (down,
+  locked, read-only, full: :class:`~rx_audit.errors.DatabaseError`) stops the replay, with one line.
+* The same prescription id twice: the same content is a *repeat* (counted, nothing stored), other
+  content a *new version* (stored, audited, queued when flagged) — ``repeats`` / ``new_versions``.
+  A resumed run skips the lines a previous run of the same file stored (by id, content and line).
+* Schema: replay is an explicit batch-write command, so on a *fresh* database (no queue tables:
+  a new SQLite file, an empty schema) it runs the migrations itself (:func:`prepare_database`);
+  a database at an older revision is refused like ``ReviewQueue`` does — run
+  ``rx-audit queue migrate`` — because upgrading a live queue is the operator's decision.
 * :func:`compare` audits a batch with two rulebooks and reports which prescriptions change
   verdict and which rules cause it (nothing is written to a database).
 """
@@ -28,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rx_audit.errors import PrescriptionError, RxAuditError
+from rx_audit.errors import DatabaseError, PrescriptionError, RxAuditError
 from rx_audit.models import RecordError, parse_prescription
-from rx_audit.queue import PreparedRecord, ReviewQueue, prepare_record
+from rx_audit.queue import PreparedRecord, ReviewQueue, StoreOutcome, content_hash, migrate, prepare_record
 
 DEFAULT_CHUNK = 500
 
@@ -137,6 +147,8 @@ class ChunkResult:
     read: int = 0
     stored: int = 0
     flagged: int = 0
+    repeats: int = 0
+    new_versions: int = 0
 
 
 def _decode(line: int, record: Any) -> tuple[Any, Any]:
@@ -173,39 +185,90 @@ def _audit_chunk(chunk: list[tuple[int, Any]]) -> ChunkResult:
             out.errors.append(RecordError(id=None, line=line, field=None, error=error.message))
             continue
         decoded.append((line, data, value))
-    stored: set[tuple[str, int]] = set()
-    if queue is not None:
-        keys = [key for _, _, value in decoded if (key := _key(value)) is not None]
-        stored = queue.stored_keys(keys, out.rulebook)
+    done: set[int] = set()
+    if queue is not None and _STATE.get("source"):
+        resumable = []
+        for line, _, value in decoded:
+            key = _key(value)
+            if key is not None:
+                with contextlib.suppress(Exception):  # an odd value is audited, and reported there
+                    resumable.append((key[0], content_hash(value), line))
+        done = queue.replayed(_STATE["source"], out.rulebook, resumable)
     for line, data, value in decoded:
-        if _key(value) in stored:
+        if line in done:
             out.skipped += 1
             continue
         try:
             prescription = parse_prescription(value, line=line)
             result = auditor.audit(prescription)
-            out.prepared.append(
-                prepare_record(value, result, parsed=prescription, raw=data if isinstance(data, str) else None)
-            )
+            record = prepare_record(value, result, parsed=prescription, raw=data if isinstance(data, str) else None)
+            record.extra["line"] = line
+            out.prepared.append(record)
         except PrescriptionError as error:
             out.errors.append(RecordError(id=error.prescription_id, line=line, field=error.field, error=error.message))
         except RxAuditError as error:
-            key = _key(value)
-            out.errors.append(RecordError(id=key[0] if key else None, line=line, error=str(error)))
+            out.errors.append(RecordError(id=_record_id(value), line=line, error=str(error)))
+        except Exception as error:  # one record never stops a batch: it becomes its error row
+            out.errors.append(
+                RecordError(id=_record_id(value), line=line, error=f"审核失败 (audit failed): {_describe(error)}")
+            )
     # Each worker commits its own chunk (one transaction): the database serialises the writes,
     # the Python work of building them runs in parallel. Idempotent, so order does not matter.
     if queue is not None and _STATE.get("source"):
         # Workers take turns through a process lock: SQLite's busy handler would otherwise sleep
         # up to 100 ms per retry while another worker commits.
         with _STATE["write_lock"] or contextlib.nullcontext():
-            if out.prepared:
-                queue.store_prepared(out.prepared, source=_STATE["source"], actor="replay")
+            outcomes = _store(queue, out)
             if out.errors:
                 queue.record_errors(_STATE["source"], out.errors)
-        out.stored = len(out.prepared)
-        out.flagged = sum(1 for p in out.prepared if p.result["flagged"])
+        for outcome in outcomes:
+            if outcome.kind == "repeat":
+                out.repeats += 1
+                continue
+            out.stored += 1
+            out.new_versions += outcome.kind == "new_version"
+            out.flagged += outcome.flagged
         out.prepared = []
     return out
+
+
+def _record_id(value: Any) -> str | None:
+    key = _key(value)
+    return key[0] if key else None
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def _store(queue: ReviewQueue, out: ChunkResult) -> list[StoreOutcome]:
+    """Store the chunk in one transaction; if that fails for anything but the database itself, store
+    it record by record so only the records that cannot be stored become error rows."""
+    if not out.prepared:
+        return []
+    source = _STATE["source"]
+    try:
+        return queue.store_prepared(out.prepared, source=source, actor="replay")
+    except DatabaseError:
+        raise
+    except Exception:
+        pass
+    outcomes = []
+    for record in out.prepared:
+        try:
+            outcomes.extend(queue.store_prepared([record], source=source, actor="replay"))
+        except DatabaseError:
+            raise
+        except Exception as error:
+            out.errors.append(
+                RecordError(
+                    id=record.key[0],
+                    line=record.extra.get("line"),
+                    error=f"无法存储 (cannot store): {_describe(error)}",
+                )
+            )
+    return outcomes
 
 
 # --- the replay ------------------------------------------------------------------------------------
@@ -221,6 +284,9 @@ class ReplayRun:
     stored: int = 0
     skipped: int = 0
     errors: int = 0
+    repeats: int = 0  # the same id and content as a record stored before: nothing stored
+    new_versions: int = 0  # the same id, other content: stored as the next version (counted in stored)
+    flagged: int = 0
     seconds: float = 0.0
     rulebook: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -231,6 +297,38 @@ class ReplayRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rate": round(self.rate, 1)}
+
+
+def prepare_database(url: str) -> bool:
+    """Run the migrations when the database is fresh (no queue tables at all); True when it did.
+
+    Called before any worker forks (it opens and disposes its own engine)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    from rx_audit.queue import _classify, schema_version
+
+    if url.startswith("sqlite"):
+        from rx_audit.queue import _sqlite_file
+
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            fresh = schema_version(connection) is None and not inspect(connection).has_table("rx_prescription")
+    except DBAPIError as error:
+        failure, _ = _classify(error, url)
+        if failure is None:
+            raise
+        raise failure from error
+    finally:
+        engine.dispose()
+    if fresh:
+        migrate(url)
+    return fresh
 
 
 def batch_source(path: str | Path) -> str:
@@ -320,6 +418,7 @@ def replay(
     path = Path(path)
     run = ReplayRun(file=str(path), source=batch_source(path))
     started = time.perf_counter()
+    prepare_database(db_url)
     # The pool forks before this process opens any database connection.
     pipeline = _Pipeline(max(1, workers), (db_url, str(rules), auditor_factory, None, run.source))
     queue = ReviewQueue(db_url)
@@ -332,6 +431,8 @@ def replay(
             run.stored += result.stored
             run.skipped += result.skipped
             run.errors += len(result.errors)
+            run.repeats += result.repeats
+            run.new_versions += result.new_versions
             flagged += result.flagged
             if bar is not None:
                 elapsed = time.perf_counter() - started
@@ -348,6 +449,7 @@ def replay(
             bar[0].stop()
         pipeline.close()
     run.seconds = time.perf_counter() - started
+    run.flagged = flagged
     if run.rulebook is None:
         run.rulebook = load_factory(auditor_factory, rules)().rulebook_hash
     run.summary = queue.batch_summary(run.source, run.rulebook)

@@ -98,6 +98,8 @@ def render_replay(run: dict[str, Any]) -> str:
                 ("标记 flagged", f"{s['flagged']:,}"),
                 ("标记率 flagged share", share),
                 ("无法读取 unreadable", f"{s['errors']:,}"),
+                ("新版本 new versions", f"{s.get('new_versions', 0):,}"),
+                ("本次重复 repeats (this run)", f"{run.get('repeats', 0):,}"),
                 ("本次速度 rate", f"{run.get('rate', 0):,.0f}/s"),
             ]
         ),

@@ -16,6 +16,7 @@ import yaml
 
 from rx_audit.models import Prescription
 from rx_audit.rulebook import normalise_name
+from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, candidates
 from rx_audit.units import (
     TIMES_PER_DAY,
     dose_in_unit,
@@ -71,6 +72,7 @@ class Patient:
     hepatic: str | None
     dx: list[str]
     allergies: set[str]
+    visit: str = "outpatient"
 
 
 @dataclass
@@ -132,6 +134,11 @@ def condition_holds(
         results.append(None if item.form_group is None else item.form_group in when["forms"])
     if "routes" in when:
         results.append(None if item.route is None else item.route in when["routes"])
+    if "visits" in when:
+        results.append(patient.visit in when["visits"])
+    if "not_diagnoses" in when:
+        keys = [normalise_icd(code) for code in when["not_diagnoses"]]
+        results.append(not any(dx.startswith(key) for dx in patient.dx for key in keys))
     if any(result is False for result in results):
         return False
     if any(result is None for result in results):
@@ -173,27 +180,37 @@ def undecidable_item_fields(when: dict[str, Any], patient: Patient, item: Item) 
     }
 
 
+def _drug_id(book: ReferenceRulebook, text: str) -> str | None:
+    return next((book.names[name] for name in candidates(text) if name in book.names), None)
+
+
+def _allergens(book: ReferenceRulebook, text: str) -> set[str] | None:
+    found = set(book.allergy_names.get(normalise_name(text), set()))
+    drug_id = _drug_id(book, text)
+    if drug_id:
+        # A member's name implies its class only where the class says so (propagate, default true).
+        found |= {drug_id, *(name for name in book.drugs[drug_id]["drug"].get("allergy_classes", [])
+                             if book.allergy_classes.get(name, {}).get("propagate", True))}
+    return found if found or normalise_name(text) in NON_DRUG_ALLERGENS else None
+
+
 def patient_of(prescription: Prescription, book: ReferenceRulebook) -> Patient:
     allergies: set[str] = set()
     for text in prescription.patient.allergies:
-        key = normalise_name(text)
-        allergies |= book.allergy_names.get(key, set())
-        drug_id = book.names.get(key)
-        if drug_id:
-            # A member's name implies its class only where the class says so (propagate, default true).
-            allergies |= {drug_id, *(name for name in book.drugs[drug_id]["drug"].get("allergy_classes", [])
-                                     if book.allergy_classes.get(name, {}).get("propagate", True))}
+        whole = _allergens(book, text)
+        for found in ([whole] if whole is not None else [_allergens(book, part) for part in allergen_parts(text)]):
+            allergies |= found or set()
     p = prescription.patient
     return Patient(
         age=prescription.age_years_at_issue(), sex=p.sex if p.sex in ("M", "F") else None, weight=p.weight_kg,
         egfr=p.egfr, pregnant=p.pregnant, lactating=p.lactating, hepatic=p.hepatic_impairment,
         dx=[normalise_icd(d.code) for d in prescription.diagnoses if d.code and normalise_icd(d.code)],
-        allergies=allergies,
+        allergies=allergies, visit=prescription.visit_type,
     )
 
 
 def item_of(raw: Any, book: ReferenceRulebook) -> Item | None:
-    drug_id = book.names.get(normalise_name(raw.drug))
+    drug_id = _drug_id(book, raw.drug)
     if drug_id is None and raw.atc:
         drug_id = book.names.get(normalise_name(raw.atc))
     if drug_id is None:
@@ -279,6 +296,13 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     for rule in book.custom:
         if rule.get("scope", "item") == "prescription" and custom_holds(rule, shared):
             expected.fired.add((f"custom.{rule['id']}", None))
+    def keys(drug_id: str) -> set[str]:
+        return {drug_id, *(f"class:{c}" for c in book.drugs[drug_id]["drug"].get("classes", []))}
+
+    def selector_key(selector: dict[str, Any]) -> str:
+        return selector["drug"] if "drug" in selector else f"class:{selector['class']}"
+
+    known_items = [i for raw in prescription.items if (i := item_of(raw, book)) is not None]
     items: list[Item] = []
     for raw in prescription.items:
         item = item_of(raw, book)
@@ -310,7 +334,9 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                 any(dx.startswith(key) for key in include) and not any(dx.startswith(key) for key in exclude)
                 for dx in patient.dx
             )
-            if not indicated:
+            also = {selector_key(s) for s in indication.get("also_by", [])}
+            co_prescribed = any(keys(other.drug) & also for other in known_items if other.id != item.id)
+            if not indicated and not co_prescribed:
                 expected.fired.add((f"{prefix}.indication", item.id))
 
         for regimen in spec.get("dose", []):
@@ -388,12 +414,6 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
             elif item.days > limit["max_days"]:
                 expected.fired.add((f"duration.{prescription.visit_type}", item.id))
 
-    def keys(drug_id: str) -> set[str]:
-        return {drug_id, *(f"class:{c}" for c in book.drugs[drug_id]["drug"].get("classes", []))}
-
-    def selector_key(selector: dict[str, Any]) -> str:
-        return selector["drug"] if "drug" in selector else f"class:{selector['class']}"
-
     def selected(selector: dict[str, Any], item: Item) -> bool:
         """The item meets the selector's own conditions; an unknown daily dose counts as reaching it."""
         if selector.get("systemic") and not item.systemic:
@@ -405,8 +425,12 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
         for second in items[index + 1 :]:
             a, b = keys(first.drug), keys(second.drug)
             if first.drug == second.drug:
-                # The same drug written twice: a duplicate, not an interaction with itself.
-                expected.fired.add(("duplicate.same_ingredient", second.id))
+                # The same drug written twice: a duplicate, not an interaction with itself — unless
+                # one is a once-only dose or they act in different places (tablets and eye drops).
+                same_place = (first.systemic and second.systemic) or (
+                    not first.systemic and not second.systemic and first.form_group == second.form_group)
+                if same_place and "st" not in (first.freq, second.freq):
+                    expected.fired.add(("duplicate.same_ingredient", second.id))
                 continue
             else:
                 for duplicate in book.duplicates:

@@ -41,7 +41,7 @@ _GENERATIONS = itertools.count(1)
 DURABLE_LOCK = threading.RLock()
 
 # List fields whose values a fact carries only where some rule of the ruleset looks for them.
-_FILTERED_LISTS = ("dx", "allergies")
+_FILTERED_LISTS = ("dx", "allergies", "co")
 
 
 class Registered:

@@ -111,13 +111,18 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
     """(logical ruleset, fact) for the pairs of items: same-ingredient repeats, then keyed pairs."""
     out: list[tuple[str, dict[str, Any]]] = []
     # The same drug written again: one fact per repeat, against its previous occurrence (linear).
-    last_of: dict[str, dict[str, Any]] = {}
+    # A once-only dose (st: a loading dose, 氯吡格雷 300 mg st then 75 mg qd) and the same drug in
+    # another route of action (左氧氟沙星片 and 左氧氟沙星滴眼液) are not a duplicate.
+    last_of: dict[tuple[str, str], dict[str, Any]] = {}
     for fact, drug in known:
-        previous = last_of.get(drug.id)
+        if fact.get("freq") == "st":
+            continue
+        where = (drug.id, "systemic" if fact["sys"] else fact.get("form_group", ""))
+        previous = last_of.get(where)
         if previous is not None:
             out.append(("global", {"t": "pair", "n": number, "key": "", "a_item": previous["item"],
                                    "b_item": fact["item"], "a_drug": drug.id, "b_drug": drug.id, "same": 1}))
-        last_of[drug.id] = fact
+        last_of[where] = fact
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             # The same drug twice is the duplicate above; it does not interact with itself.
@@ -148,6 +153,9 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
     batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
     rx_fact = {"t": "rx", **common, "item_count": len(resolved.items),
                "allergies_recorded": int(resolved.allergies_recorded)}
+    if resolved.allergies_unread:
+        rx_fact["allergy_unread"] = 1
+        rx_fact["allergy_unread_text"] = "、".join(resolved.allergies_unread)
     if resolved.mixed_text:
         rx_fact["text_mixed"] = 1
         rx_fact["text_fields"] = "、".join(resolved.mixed_text)
@@ -155,11 +163,14 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
     # Drug rulesets also read diagnoses and allergies; the global ruleset never does.
     clinical = {**common, "dx": list(resolved.dx_tokens), "allergies": sorted(resolved.allergy_ids)}
     known: list[tuple[dict[str, Any], Drug]] = []
-    for item in resolved.items:
+    keys_of = [rulebook.pair_keys[item.drug.id] if item.drug is not None else [] for item in resolved.items]
+    for position, item in enumerate(resolved.items):
         fact = _item_fact(item, common.get("weight"))
         if item.drug is not None:
             known.append((fact, item.drug))
-            batches[f"drug:{item.drug.id}"].append({**clinical, **fact})
+            # The other items' drugs and classes, for rules that depend on what else is prescribed.
+            others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
+            batches[f"drug:{item.drug.id}"].append({**clinical, **fact, "co": others})
         batches["global"].append({**common, **fact})
     for logical, pair in _pair_facts(rulebook, number, known):
         batches[logical].append(pair)

@@ -24,6 +24,7 @@ from rx_audit.normalise import (
     normalise_route,
 )
 from rx_audit.rulebook import Drug, Rulebook, normalise_name
+from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts
 
 # Forms and routes that act where they are applied. Inhalers count as local here: a rule about an
 # inhaled drug's systemic effect simply does not ask for `systemic`.
@@ -74,6 +75,7 @@ class ResolvedPrescription:
     dx_tokens: tuple[str, ...]  # every prefix of every code, and "=code" for the code itself
     allergy_ids: frozenset[str]
     allergy_text: dict[str, str]  # allergy id -> the text it was read from
+    allergies_unread: tuple[str, ...]  # allergens named that are neither a drug, a class nor a non-drug
     allergies_recorded: bool
     items: tuple[ResolvedItem, ...]
     mixed_text: tuple[str, ...] = ()  # prescription-level fields whose text mixed scripts
@@ -136,18 +138,36 @@ def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = ()) ->
     )
 
 
-def _allergies(texts: list[str], rulebook: Rulebook) -> tuple[frozenset[str], dict[str, str]]:
+def _allergens_of(text: str, rulebook: Rulebook) -> list[str] | None:
+    """Allergy ids one written allergen means, or None when it is neither a drug, a class nor a known non-drug."""
+    found = list(rulebook.allergy_names.get(normalise_name(text), []))
+    drug = rulebook.drug_for(text)
+    if drug is not None:
+        found.extend(drug.allergy_implied)
+    if found or normalise_name(text) in NON_DRUG_ALLERGENS:
+        return found
+    return None
+
+
+def _allergies(texts: list[str], rulebook: Rulebook) -> tuple[frozenset[str], dict[str, str], tuple[str, ...]]:
+    """Allergy ids, the text each was read from, and the texts that could not be read (said, never dropped)."""
     ids: set[str] = set()
     source: dict[str, str] = {}
+    unread: list[str] = []
     for text in texts:
-        found = list(rulebook.allergy_names.get(normalise_name(text), []))
-        drug = rulebook.drug_for(text)
-        if drug is not None:
-            found.extend(drug.allergy_implied)
-        for allergy_id in found:
-            ids.add(allergy_id)
-            source.setdefault(allergy_id, text)
-    return frozenset(ids), source
+        # The entry as written first (青霉素), then its allergens read out of the wording around them
+        # (青霉素(过敏性休克), 阿莫西林皮试阳性, 头孢类、喹诺酮类过敏).
+        whole = _allergens_of(text, rulebook)
+        parts = [(text, whole)] if whole is not None else [(part, _allergens_of(part, rulebook))
+                                                           for part in allergen_parts(text)]
+        for part, found in parts:
+            if found is None:
+                unread.append(part)
+                continue
+            for allergy_id in found:
+                ids.add(allergy_id)
+                source.setdefault(allergy_id, text)
+    return frozenset(ids), source, tuple(dict.fromkeys(unread))
 
 
 def resolve(prescription: Prescription, rulebook: Rulebook) -> ResolvedPrescription:
@@ -163,7 +183,7 @@ def resolve(prescription: Prescription, rulebook: Rulebook) -> ResolvedPrescript
     for code in dx_codes:
         dx_tokens.extend(icd_prefixes(code))
         dx_tokens.append("=" + normalise_icd(code))
-    allergy_ids, allergy_text = _allergies(patient.allergies, rulebook)
+    allergy_ids, allergy_text, unread = _allergies(patient.allergies, rulebook)
     male = patient.sex == "M"
     return ResolvedPrescription(
         prescription=prescription,
@@ -178,6 +198,7 @@ def resolve(prescription: Prescription, rulebook: Rulebook) -> ResolvedPrescript
         dx_tokens=tuple(dict.fromkeys(dx_tokens)),
         allergy_ids=allergy_ids,
         allergy_text=allergy_text,
+        allergies_unread=unread,
         allergies_recorded="allergies" in patient.model_fields_set,
         items=tuple(resolve_item(item, rulebook, tuple(mixed.get(position, ())))
                     for position, item in enumerate(prescription.items)),

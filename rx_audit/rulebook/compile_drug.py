@@ -10,7 +10,7 @@ from typing import Any
 
 from rx_audit.contract import SEVERITY_RANK
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler, icd_errors
-from rx_audit.rulebook.conditions import Gate, all_of, cmp, eq, gate_of, indicated_keys, list_has, none_of
+from rx_audit.rulebook.conditions import all_of, cmp, eq, Gate, gate_of, indicated_keys, list_has, list_lacks, none_of
 from rx_audit.rulebook.model import CompiledRule, Drug
 from rx_audit.rulebook.schema import AllergyClassSpec, DrugFile, Limit
 
@@ -46,14 +46,17 @@ def _indication(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> N
         codes = indicated_keys(indication.codes, indication.exclude)
         # dx holds every prefix of every diagnosis code, so "no diagnosis is indicated" is an
         # allItems test; exclusions were folded into the code list at compile time.
-        not_indicated = {"$iall": {"dx": {"$and": [{"$neq": {"$i": code}} for code in codes]}}}
+        not_indicated = list_lacks("dx", codes)
+        # Another item of the prescription that indicates it (a PPI beside an antiplatelet).
+        not_co_prescribed = [list_lacks("co", [selector.key for selector in indication.also_by])] \
+            if indication.also_by else []
         rule = CompiledRule(
             id=f"{drug.id}.indication",
             category="indication",
             severity=indication.severity,
             message=indication.message,
             source=src(indication.line),
-            condition=all_of(base, cmp("$gt", "dx_count", 0), not_indicated),
+            condition=all_of(base, cmp("$gt", "dx_count", 0), not_indicated, *not_co_prescribed),
             evidence_fields=("dx",),
             limits={"codes": indication.codes, "exclude": indication.exclude},
             reference=indication.source,

@@ -40,6 +40,17 @@ def compile_global_rules(
             condition=all_of(eq("t", "rx"), eq("dx_count", 0)), reference=regulation, scope="prescription",
         ),
     )
+    compiler.add(
+        "global",
+        CompiledRule(
+            id="completeness.allergy_unreadable", category="completeness", severity=settings.unreadable_allergy_severity,
+            message="过敏史“{allergy_unread_text}”未能识别为药品或药物类别：相关过敏禁忌未能自动核查，请药师人工核对",
+            source=where, condition=all_of(eq("t", "rx"), eq("allergy_unread", 1)),
+            evidence_fields=("allergy_unread_text",),
+            reference="CONTRACT §1 patient.allergies: 无法识别的过敏史是规范性问题，不得忽略; 医疗机构处方审核规范 第十五条",
+            scope="prescription",
+        ),
+    )
     if settings.missing_allergy_info:
         compiler.add(
             "global",

@@ -42,6 +42,12 @@ def list_has(field_name: str, values: list[str]) -> dict[str, Any]:
     return {"$iany": {field_name: inner}}
 
 
+def list_lacks(field_name: str, values: list[str]) -> dict[str, Any]:
+    """No item of the list is one of ``values`` (lists always carry a "-" sentinel: durable's
+    allItems is false on an empty list)."""
+    return {"$iall": {field_name: {"$and": [{"$neq": {"$i": value}} for value in values]}}}
+
+
 def absent(field_name: str) -> dict[str, Any]:
     return {"$nex": {field_name: 1}}
 
@@ -121,6 +127,10 @@ def gate_of(condition: Condition) -> Gate:
         gate.add("form_group", one_of("form_group", list(condition.forms)))
     if condition.routes:
         gate.add("route", one_of("route", list(condition.routes)))
+    if condition.visits:
+        gate.add("visit", one_of("visit", list(condition.visits)))
+    if condition.not_diagnoses:
+        gate.add("dx", list_lacks("dx", [normalise_icd(code) for code in condition.not_diagnoses]))
     return gate
 
 

@@ -199,6 +199,16 @@ def _read_drugs(compiler: Compiler, sections: Sections) -> tuple[dict[str, Drug]
     return drugs, names, drug_specs
 
 
+def _check_also_by(compiler: Compiler, drug_specs: list[tuple[Path, DrugFile, Drug]], drugs: dict[str, Drug],
+                   sections: Sections) -> None:
+    for path, spec, _drug in drug_specs:
+        for selector in spec.indication.also_by if spec.indication else []:
+            if selector.drug is not None and selector.drug not in drugs:
+                compiler.error(f"indication.also_by: unknown drug {selector.drug!r}", path, selector.line)
+            if selector.class_ is not None and selector.class_ not in sections.classes:
+                compiler.error(f"indication.also_by: unknown class {selector.class_!r}", path, selector.line)
+
+
 def _check_durable_limits(compiler: Compiler) -> None:
     for rule in compiler.rules.values():
         if rule.missing_field is None and branches(rule.condition) > MAX_BRANCHES_PER_RULE:
@@ -234,6 +244,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
     sections = _sort_sections(compiler, root, _read_files(compiler, root))
     drugs, names, drug_specs = _read_drugs(compiler, sections)
 
+    _check_also_by(compiler, drug_specs, drugs, sections)
     examples: list[RuleExample] = []
     for path, spec, drug in drug_specs:
         compile_drug(compiler, spec, path, drug, sections.allergy_specs, sections.allergy_path)

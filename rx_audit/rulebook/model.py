@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rx_audit.rulebook.names import name_variants, normalise_name
+from rx_audit.rulebook.names import candidates, normalise_name
 from rx_audit.rulebook.schema import CategoryName, Settings, SeverityName
 
 
@@ -101,11 +101,11 @@ class Rulebook:
         key = (text, atc)
         if key in self._lookups:
             return self._lookups[key]
-        drug_id = self.names.get(normalise_name(text))
+        # The name as written first, then without its decoration (brand, strength, salt, form),
+        # then the ATC code; a name that matches nothing is unknown, never a guess.
+        drug_id = next((self.names[name] for name in candidates(text) if name in self.names), None)
         if drug_id is None and atc:
             drug_id = self.names.get(normalise_name(atc))
-        if drug_id is None:
-            drug_id = next((self.names[name] for name in name_variants(text) if name in self.names), None)
         drug = self.drugs.get(drug_id) if drug_id else None
         if len(self._lookups) < 100_000:  # bounded: free-text names from a large replay
             self._lookups[key] = drug

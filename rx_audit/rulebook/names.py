@@ -16,13 +16,20 @@ _NAME_STRIP = re.compile(r"[\s\-_·・()（）]")
 _SALT_PREFIXES = ("注射用", "盐酸", "硫酸", "马来酸", "苯磺酸", "甲磺酸", "酒石酸", "琥珀酸", "乳酸", "磷酸", "枸橼酸",
                   "富马酸", "醋酸", "氢溴酸", "门冬氨酸", "重酒石酸")
 _FORM_SUFFIXES = tuple(sorted((
-    "片", "胶囊", "软胶囊", "缓释片", "控释片", "肠溶片", "肠溶胶囊", "缓释胶囊", "分散片", "咀嚼片", "泡腾片",
-    "颗粒", "干混悬剂", "口服混悬液", "混悬液", "口服溶液", "口服液", "糖浆", "注射液", "氯化钠注射液", "葡萄糖注射液", "滴剂",
-    "乳膏", "软膏", "凝胶", "乳胶剂",
-    "栓", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
+    "片", "胶囊", "软胶囊", "缓释片", "控释片", "肠溶片", "肠溶胶囊", "缓释胶囊", "控释胶囊", "分散片", "咀嚼片",
+    "泡腾片", "口崩片", "口腔崩解片", "含片", "舌下片", "阴道片", "阴道泡腾片", "薄膜衣片", "糖衣片",
+    "颗粒", "干混悬剂", "口服混悬液", "混悬液", "口服溶液", "口服液", "糖浆", "注射液", "氯化钠注射液",
+    "葡萄糖注射液", "注射剂", "粉针", "冻干粉针", "输液", "滴剂", "乳膏", "软膏", "凝胶", "乳胶剂", "贴剂", "贴膏",
+    "滴眼液", "眼膏", "眼用凝胶", "滴耳液", "滴鼻液", "鼻喷雾剂", "喷雾剂", "气雾剂", "吸入气雾剂", "吸入粉雾剂",
+    "吸入剂", "吸入溶液", "雾化溶液", "混悬吸入剂", "栓", "阴道栓", "搽剂", "洗剂", "酊", "酊剂", "散", "丸",
+    "滴丸", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
 ), key=len, reverse=True))
-_SALT_SUFFIXES = ("钠", "钾", "钙", "镁", "hydrochloride", "hcl", "sodium", "potassium", "calcium", "besylate",
-                  "maleate", "mesylate", "tartrate", "succinate")
+_SALT_SUFFIXES = tuple(sorted((
+    "钠", "钾", "钙", "镁", "锌", "hydrochloride", "hcl", "sodium", "potassium", "calcium", "magnesium", "besylate",
+    "maleate", "mesylate", "tartrate", "succinate", "hyclate", "monohydrate", "dihydrate", "trihydrate", "fumarate",
+    "citrate", "phosphate", "sulfate", "sulphate", "acetate", "bromide", "hydrobromide", "axetil", "dipropionate",
+    "propionate", "besilate", "mesilate", "malate", "lactate", "gluconate", "xinafoate",
+), key=len, reverse=True))
 
 
 def name_variants(text: str) -> list[str]:
@@ -35,7 +42,9 @@ def name_variants(text: str) -> list[str]:
             variants.append(name)
     for suffixes in (_FORM_SUFFIXES, _SALT_SUFFIXES):
         for suffix in suffixes:
-            if name.endswith(suffix) and len(name) > len(suffix) + 1:
+            # 氯化钠, 碳酸钙: the metal is the drug itself there, not a salt of something.
+            inorganic = suffixes is _SALT_SUFFIXES and name[: -len(suffix)].endswith(("化", "酸"))
+            if name.endswith(suffix) and len(name) > len(suffix) + 1 and not inorganic:
                 name = name[: -len(suffix)]
                 variants.append(name)
                 break
@@ -47,3 +56,87 @@ def normalise_name(text: str) -> str:
     return _NAME_STRIP.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
+
+
+# Around the name an HIS writes its decoration: a brand or version in brackets (立普妥, (Ⅱ)), the
+# strength and pack (0.25g*24粒, 20mg), a concentration before fluids (0.9%氯化钠). Taken off in
+# that order; digits that are part of a name (维生素B12, 5-氟尿嘧啶) have no unit after them and stay.
+_BRACKETED = re.compile(r"[(\[【〔][^)\]】〕]*[)\]】〕]")
+_MEASURE = r"(?:mg|g|ug|μg|mcg|ng|ml|l|iu|u|万u|万iu|万单位|单位|meq|mmol|%)"
+_COUNT = r"(?:粒|片|袋|支|瓶|盒|揿|喷|贴|丸|s|t)"
+# A measure (20mg, 0.9%, 100ml) with an optional pack after it (*24粒, ×10支, /5ml); a count alone
+# (维生素B12片) is part of a name.
+_SPEC = re.compile(r"\d+(?:\.\d+)?\s*" + _MEASURE + r"(?![a-z])(?:\s*[/*×:：]\s*\d*(?:\.\d+)?\s*(?:"
+                   + _MEASURE + "|" + _COUNT + r")?)*", re.IGNORECASE)
+# English order words around a US/UK drug name (MIMIC: "Metoprolol Tartrate 25 mg tab", "Acetaminophen IV").
+_ORDER_WORDS = frozenset({
+    "tab", "tabs", "tablet", "tablets", "cap", "caps", "capsule", "capsules", "inj", "injection", "iv", "ivpb", "po",
+    "oral", "solution", "soln", "susp", "suspension", "syrup", "elixir", "liquid", "cream", "ointment", "oint", "gel",
+    "drops", "drop", "ophth", "ophthalmic", "otic", "nasal", "spray", "patch", "er", "sr", "xl", "xr", "la", "cr",
+    "ec", "dr", "odt", "chewable", "flush", "premix", "premixed", "neb", "nebulizer", "inhaler", "hfa", "pf",
+    "vial", "bolus", "infusion", "drip", "sublingual", "sl", "topical", "rectal", "supp", "suppository", "dose",
+    "adult", "pediatric", "concentrate", "replacement", "mini", "bag", "plus",
+})
+
+
+def candidates(text: str) -> list[str]:
+    """Names to look up for what an HIS wrote, most literal first, each also without salt and form words."""
+    plain = unicodedata.normalize("NFKC", text)
+    steps = [plain]
+    no_brackets = _BRACKETED.sub(" ", plain)
+    steps.append(no_brackets)
+    no_spec = _SPEC.sub(" ", no_brackets)
+    steps.append(no_spec)
+    words = [word for word in re.split(r"[\s,;/]+", no_spec.lower()) if word]
+    kept = [word for word in words if word not in _ORDER_WORDS and not word.replace(".", "").isdigit()]
+    steps.append(" ".join(kept))
+    found: list[str] = []
+    for step in steps:
+        for name in (normalise_name(step), *name_variants(step)):
+            if name and name not in found:
+                found.append(name)
+    return found
+
+
+# Allergy text as HIS write it: "青霉素(过敏性休克)", "阿莫西林皮试阳性", "对磺胺类药物过敏", "头孢类、
+# 喹诺酮类过敏", "sulfa allergy". The allergen is what is left once the reaction (in brackets), the
+# separators and the words around it are taken off; "无" / "否认药物过敏史" / "NKDA" say none.
+_ALLERGY_SPLIT = re.compile(r"[、,，;；/|+]|\s+|和|及|与|以及")
+_ALLERGY_PREFIXES = ("既往对", "既往", "曾对", "曾", "有", "对", "allergic to", "allergy to", "allergy:", "过敏原:",
+                     "过敏原：", "过敏史:", "过敏史：")
+_ALLERGY_SUFFIXES = tuple(sorted((
+    "过敏史", "过敏反应", "过敏", "皮试阳性", "皮试(+)", "皮试+", "皮试阳", "阳性", "(+)", "类药物", "类药", "药物",
+    "allergy", "allergies", "allergic", "intolerance",
+), key=len, reverse=True))
+NO_ALLERGY = frozenset({
+    "无", "否认", "无过敏史", "否认过敏史", "否认药物过敏史", "无药物过敏史", "无已知过敏", "无已知药物过敏", "未发现",
+    "nkda", "nka", "none", "no", "noknownallergies", "noknowndrugallergies", "-", "/",
+})
+# Allergens that are not drugs (food, environment): read, and nothing to check against a prescription.
+NON_DRUG_ALLERGENS = frozenset({
+    "海鲜", "鱼虾", "虾", "蟹", "鱼", "鸡蛋", "蛋类", "牛奶", "奶制品", "花粉", "尘螨", "螨虫", "芒果", "坚果", "花生",
+    "乳胶", "橡胶", "酒精", "宠物", "猫毛", "狗毛", "seafood", "shellfish", "egg", "eggs", "milk", "peanut",
+    "peanuts", "pollen", "latex", "dust",
+})
+
+
+def allergen_parts(text: str) -> list[str]:
+    """The allergens named in one allergy entry, cleaned; ``[]`` when it says there is none."""
+    plain = unicodedata.normalize("NFKC", text).lower().strip()
+    if normalise_name(plain) in NO_ALLERGY:
+        return []
+    parts = []
+    for piece in _ALLERGY_SPLIT.split(_BRACKETED.sub(" ", plain)):
+        piece = piece.strip(" :：.。")
+        changed = True
+        while changed and piece:
+            changed = False
+            for prefix in _ALLERGY_PREFIXES:
+                if piece.startswith(prefix) and len(piece) > len(prefix):
+                    piece, changed = piece[len(prefix) :].strip(), True
+            for suffix in _ALLERGY_SUFFIXES:
+                if piece.endswith(suffix) and len(piece) > len(suffix):
+                    piece, changed = piece[: -len(suffix)].strip(), True
+        if piece and normalise_name(piece) not in NO_ALLERGY and piece not in _ALLERGY_SUFFIXES:
+            parts.append(piece)
+    return parts

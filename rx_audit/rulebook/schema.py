@@ -75,6 +75,9 @@ class Condition(Spec):
     days_min: float | None = Field(None, ge=0)
     days_max: float | None = Field(None, gt=0)
     sex: Literal["M", "F"] | None = None
+    visits: list[Literal["outpatient", "emergency", "inpatient", "chronic"]] | None = None
+    # None of these diagnoses: "fires unless a pacemaker is recorded" (Z95.0).
+    not_diagnoses: list[str] | None = None
     pregnant: bool | None = None
     lactating: bool | None = None
     hepatic: list[Literal["mild", "moderate", "severe"]] | None = None
@@ -105,7 +108,7 @@ class Condition(Spec):
 
 _CONDITION_FIELDS = (
     "age_min", "age_max", "egfr_min", "egfr_max", "weight_min", "weight_max", "daily_min", "daily_max", "days_min",
-    "days_max", "sex", "pregnant", "lactating",
+    "days_max", "sex", "visits", "not_diagnoses", "pregnant", "lactating",
     "hepatic", "diagnoses", "release", "forms", "routes",
 )
 
@@ -147,9 +150,34 @@ class Regimen(Spec):
         return value
 
 
+class Selector(Spec):
+    drug: str | None = None
+    class_: str | None = Field(None, alias="class")
+    # Only items that act systemically (oral, injection, rectal, or a form not stated): a topical
+    # NSAID gel does not interact with warfarin as an oral NSAID does.
+    systemic: bool = False
+    # Only when this item's daily dose (the drug's unit) is at least this much; an unknown daily
+    # dose counts as reaching it (the conservative reading), and the evidence says so.
+    daily_min: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Selector:
+        if (self.drug is None) == (self.class_ is None):
+            raise ValueError("a selector names exactly one of drug or class")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.drug if self.drug is not None else f"class:{self.class_}"
+
+
+
 class Indication(Spec):
     codes: list[str] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    # Also indicated by another drug on the same prescription, whatever the diagnoses: a PPI for
+    # gastroprotection with an antiplatelet or an NSAID (专家共识 2016/2020).
+    also_by: list[Selector] = Field(default_factory=list)
     severity: SeverityName = "warning"
     message: str = "诊断中无{drug}的适应证"
     source: str = Field(min_length=2)
@@ -246,27 +274,6 @@ class AllergyClassSpec(Spec):
     source: str = Field(min_length=2)
 
 
-class Selector(Spec):
-    drug: str | None = None
-    class_: str | None = Field(None, alias="class")
-    # Only items that act systemically (oral, injection, rectal, or a form not stated): a topical
-    # NSAID gel does not interact with warfarin as an oral NSAID does.
-    systemic: bool = False
-    # Only when this item's daily dose (the drug's unit) is at least this much; an unknown daily
-    # dose counts as reaching it (the conservative reading), and the evidence says so.
-    daily_min: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Selector:
-        if (self.drug is None) == (self.class_ is None):
-            raise ValueError("a selector names exactly one of drug or class")
-        return self
-
-    @property
-    def key(self) -> str:
-        return self.drug if self.drug is not None else f"class:{self.class_}"
-
-
 class InteractionSpec(Spec):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     between: list[Selector] = Field(min_length=2, max_length=2)
@@ -357,5 +364,9 @@ class Settings(Spec):
     # CONTRACT §1: a drug the rulebook cannot resolve is reviewed by hand (医疗机构处方审核规范):
     # warning by default, so it is held; a hospital may lower it to info.
     unknown_drug_severity: SeverityName = "warning"
+    # An allergen the rulebook cannot read (not a drug, class or known food/environment allergen):
+    # said, so the pharmacist checks it by hand; info by default, since most such text names
+    # something unrelated to the prescription.
+    unreadable_allergy_severity: SeverityName = "info"
 
 
