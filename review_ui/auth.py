@@ -33,8 +33,10 @@ import bcrypt
 ROLES = ("pharmacist", "admin")
 ROLE_LABELS = {"pharmacist": "药师 pharmacist", "admin": "管理员 admin"}
 SESSION_KEY = "rx_user"
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # failed sign-ins per LOCKOUT_SECONDS per (user name, client address)
+GLOBAL_MAX_FAILURES = 50  # per LOCKOUT_SECONDS per user name from all addresses (see _Throttle)
 LOCKOUT_SECONDS = 60.0
+KNOWN_ADDRESS_SECONDS = 30 * 86400.0
 
 log = logging.getLogger("rx_audit.review_ui.auth")
 
@@ -147,31 +149,122 @@ def load_users(path: str | Path) -> dict[str, UserRecord]:
 
 
 class _Throttle:
-    """Failed sign-ins per user name, shared by all sessions of this server process."""
+    """Failed sign-ins, shared by all sessions of this server process.
+
+    Why this design (two faults were found: 16 parallel attempts got 8 password checks through a
+    limit of 5, and the lockout also refused the right password, so anyone could keep a pharmacist
+    locked out):
+
+    * **Atomic.** :meth:`acquire` checks the limits *and* counts the attempt under one lock, before
+      the (slow) bcrypt check runs; a success gives the reservation back. Parallel attempts can
+      therefore never get more than the limit through.
+    * **Keyed by user name + client address.** ``MAX_FAILURES`` per minute per (user name,
+      address): an attacker at another address locks out only themself, never the real user at their
+      workstation. The address is the TCP peer (``st.context.ip_address``; unforgeable), or the
+      client that a configured trusted reverse proxy names (``trusted_proxies``).
+    * **A global per-user ceiling, much higher** (``GLOBAL_MAX_FAILURES`` per minute from all
+      addresses), so an attacker with many addresses still gets only a few guesses a minute on one
+      account. It does not apply to an address this user has signed in from before (in this
+      process), so even that attacker cannot lock the user out of their usual workstation.
+
+    A delay instead of a refusal was rejected: requests would pile up in server threads, and the
+    attacker's queued attempts would still delay the real user's.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
+        self._failures: dict[tuple[str, str], list[float]] = {}  # (user name, address) → times
+        self._per_user: dict[str, list[float]] = {}  # user name → times, from every address
+        self._known: dict[tuple[str, str], float] = {}  # (user name, address) → last successful sign-in
 
-    def locked_for(self, username: str, now: float | None = None) -> float:
+    @staticmethod
+    def _recent(times: list[float], now: float) -> list[float]:
+        return [t for t in times if now - t < LOCKOUT_SECONDS]
+
+    def _sweep(self, now: float) -> None:
+        # Bounded memory: random user names / addresses must not grow the tables for ever.
+        if len(self._failures) + len(self._per_user) > 20_000:
+            self._failures = {k: r for k, v in self._failures.items() if (r := self._recent(v, now))}
+            self._per_user = {k: r for k, v in self._per_user.items() if (r := self._recent(v, now))}
+        if len(self._known) > 20_000:
+            self._known = {k: t for k, t in self._known.items() if now - t < KNOWN_ADDRESS_SECONDS}
+
+    def _wait(self, username: str, address: str, now: float) -> float:
+        """Seconds until an attempt is allowed (0 = now). Caller holds the lock."""
+        pair = self._recent(self._failures.get((username, address), []), now)
+        self._failures[(username, address)] = pair
+        if len(pair) >= MAX_FAILURES:
+            return max(LOCKOUT_SECONDS - (now - pair[0]), 0.001)
+        everyone = self._recent(self._per_user.get(username, []), now)
+        self._per_user[username] = everyone
+        known = now - self._known.get((username, address), -KNOWN_ADDRESS_SECONDS) < KNOWN_ADDRESS_SECONDS
+        if len(everyone) >= GLOBAL_MAX_FAILURES and not known:
+            return max(LOCKOUT_SECONDS - (now - everyone[0]), 0.001)
+        return 0.0
+
+    def acquire(self, username: str, address: str = "", now: float | None = None) -> tuple[float, float]:
+        """Atomically check and count one attempt: ``(0, token)`` when a password check may run now
+        (the attempt is counted as a failure until :meth:`succeeded` gives it back), else
+        ``(seconds to wait, 0)``."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            recent = [t for t in self._failures.get(username, []) if now - t < LOCKOUT_SECONDS]
-            self._failures[username] = recent
-            if len(recent) >= MAX_FAILURES:
-                return LOCKOUT_SECONDS - (now - recent[0])
-            return 0.0
+            self._sweep(now)
+            wait = self._wait(username, address, now)
+            if wait > 0:
+                return wait, 0.0
+            self._failures[(username, address)].append(now)
+            self._per_user[username].append(now)
+            return 0.0, now
 
-    def fail(self, username: str) -> None:
+    def succeeded(self, username: str, address: str = "", token: float | None = None) -> None:
+        """The password was right: forget this address's failures, give the reservation back,
+        remember the address as one this user signs in from."""
+        now = time.monotonic()
         with self._lock:
-            self._failures.setdefault(username, []).append(time.monotonic())
+            self._failures.pop((username, address), None)
+            everyone = self._per_user.get(username, [])
+            if token is not None and token in everyone:
+                everyone.remove(token)
+            self._known[(username, address)] = now
 
-    def clear(self, username: str) -> None:
+    # Single-step forms (tests, callers that do their own check).
+    def locked_for(self, username: str, address: str = "", now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
         with self._lock:
-            self._failures.pop(username, None)
+            return self._wait(username, address, now)
+
+    def fail(self, username: str, address: str = "") -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures.setdefault((username, address), []).append(now)
+            self._per_user.setdefault(username, []).append(now)
+
+    def clear(self, username: str, address: str = "") -> None:
+        with self._lock:
+            self._failures.pop((username, address), None)
 
 
 throttle = _Throttle()
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    user: User | None
+    wait_seconds: float = 0.0  # > 0: refused without checking the password (too many failures)
+
+
+def sign_in(records: dict[str, UserRecord], username: str, password: str, address: str = "") -> SignInResult:
+    """Throttled password sign-in from ``address``; the only way the sign-in page checks a password."""
+    wait, token = throttle.acquire(username, address)
+    if wait > 0:
+        log.warning("sign-in throttled user=%s address=%s", username, address or "local")
+        return SignInResult(None, wait)
+    user = verify_password(records, username, password)
+    if user is None:
+        log.info("sign-in failed user=%s address=%s", username, address or "local")
+        return SignInResult(None)
+    throttle.succeeded(username, address, token)
+    return SignInResult(user)
 
 
 def verify_password(records: dict[str, UserRecord], username: str, password: str) -> User | None:
@@ -223,6 +316,28 @@ def authlib_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("authlib") is not None
+
+
+def client_address(trusted_proxies: tuple[str, ...] | list[str] = ()) -> str:
+    """Where this session connects from, for sign-in throttling: the TCP peer (``None`` from
+    Streamlit for localhost, shown as ``127.0.0.1``), or — only when that peer is a configured
+    trusted reverse proxy — the last address in its ``X-Forwarded-For`` (a client could forge
+    the header, a proxy we trust appends the real peer at the end)."""
+    import streamlit as st
+
+    try:
+        peer = st.context.ip_address or "127.0.0.1"
+    except Exception:
+        peer = "127.0.0.1"
+    if peer in trusted_proxies:
+        try:
+            forwarded = st.context.headers.get("X-Forwarded-For") or ""
+        except Exception:
+            forwarded = ""
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-1]
+    return peer
 
 
 def current_user() -> User | None:

@@ -8,12 +8,15 @@ compiled rulebook (the engine is thread-safe and hot-swaps on ``reload``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from review_ui import auth
+from review_ui import auth, ui
 from review_ui.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from review_ui.service import ReviewService
 
 log = logging.getLogger("rx_audit.review_ui")
 
@@ -103,7 +106,7 @@ def auditor(settings: Settings) -> Any:
         return _auditor(settings.rules)
     except Exception as error:
         log.error("cannot load rulebook %s: %s", settings.rules, type(error).__name__)
-        st.error(f"无法加载规则库 (cannot load the rulebook) {settings.rules}: {error}")
+        st.error(f"无法加载规则库 (cannot load the rulebook) {ui.md(settings.rules)}: {ui.md(error)}")
         st.stop()
         raise
 
@@ -118,6 +121,13 @@ def _stats_engine(db_url: str) -> Any:
 def stats_engine(settings: Settings) -> Any:
     """A small read-only engine for the grouped statistics (see ``stats_extra``)."""
     return _stats_engine(settings.db_url)
+
+
+def service(settings: Settings, user: auth.User) -> ReviewService:
+    """The pages' only handle on the queue: every call scoped to ``user``'s facilities."""
+    from review_ui.service import ReviewService
+
+    return ReviewService(queue(settings), user, stats_engine(settings), cache_key=settings.db_url)
 
 
 def require_user() -> auth.User:

@@ -3,7 +3,8 @@
 Precedence, highest first:
 
 1. environment: ``RX_AUDIT_DB_URL`` (or ``RX_AUDIT_DB``, the CLI's ``--db`` variable),
-   ``RX_AUDIT_RULES``, ``RX_AUDIT_USERS``, ``RX_AUDIT_REFRESH_SECONDS``;
+   ``RX_AUDIT_RULES``, ``RX_AUDIT_USERS``, ``RX_AUDIT_REFRESH_SECONDS``, ``RX_AUDIT_CHECK_TIMEOUT``,
+   ``RX_AUDIT_TRUSTED_PROXIES`` (comma-separated);
 2. a TOML config file: ``RX_AUDIT_CONFIG`` if set, else ``rx_audit.toml`` in the working directory
    if it exists. Keys may be top-level or under a ``[review_ui]`` table::
 
@@ -34,6 +35,8 @@ ENV_RULES = "RX_AUDIT_RULES"
 ENV_USERS = "RX_AUDIT_USERS"
 ENV_CONFIG = "RX_AUDIT_CONFIG"
 ENV_REFRESH = "RX_AUDIT_REFRESH_SECONDS"
+ENV_CHECK_TIMEOUT = "RX_AUDIT_CHECK_TIMEOUT"
+ENV_TRUSTED_PROXIES = "RX_AUDIT_TRUSTED_PROXIES"
 
 
 class ConfigError(Exception):
@@ -49,6 +52,9 @@ class Settings:
     page_size: int = 50
     oidc_default_role: str | None = None
     idle_minutes: float = 480.0
+    check_timeout_seconds: float = 120.0  # admin 检查: time limit of the rulebook check subprocess
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (sign-in throttling by client).
+    trusted_proxies: tuple[str, ...] = ()
     config_file: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -112,10 +118,14 @@ def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None
         refresh = float(pick("refresh_seconds", ENV_REFRESH, 10.0))
         page_size = int(pick("page_size", None, 50))
         idle = float(pick("idle_minutes", None, 480.0))
+        check_timeout = float(pick("check_timeout_seconds", ENV_CHECK_TIMEOUT, 120.0))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"配置值无效 (invalid config value): {error}") from error
     users = pick("users", ENV_USERS, None)
     role = pick("oidc_default_role", None, None)
+    proxies = pick("trusted_proxies", ENV_TRUSTED_PROXIES, ())
+    if isinstance(proxies, str):
+        proxies = [p.strip() for p in proxies.replace("，", ",").split(",") if p.strip()]
     return Settings(
         db_url=str(pick("db_url", (ENV_DB_URL, ENV_DB_CLI), DEFAULT_DB_URL)),
         rules=str(pick("rules", ENV_RULES, DEFAULT_RULES)),
@@ -124,6 +134,8 @@ def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None
         page_size=max(min(page_size, 500), 5),
         oidc_default_role=str(role) if role else None,
         idle_minutes=idle,
+        check_timeout_seconds=max(check_timeout, 0.5),
+        trusted_proxies=tuple(str(p) for p in proxies),
         config_file=str(config_path) if config_path else None,
         sources=sources,
     )

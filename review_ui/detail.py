@@ -4,6 +4,10 @@ and the earlier versions and decisions of the same prescription.
 
 Shared by the workbench (which adds the decision forms) and search (read-only).
 The patient's name is never shown or logged, even when the HIS sends one.
+
+Everything here came from an HIS (the prescription payload; findings quote its drug names) or from
+a person (comments, double-sign reasons): in any Markdown-rendering call it goes through
+``ui.md``; tables are dataframes (cells never render Markdown).
 """
 
 from __future__ import annotations
@@ -44,19 +48,20 @@ def patient_block(prescription: dict[str, Any]) -> None:
     c[3].metric("eGFR", _number(patient.get("egfr")))
     c[4].metric("妊娠 pregnant", ui.yes_no(patient.get("pregnant")))
     c[5].metric("哺乳 lactating", ui.yes_no(patient.get("lactating")))
-    c[6].metric("肝功能 hepatic", patient.get("hepatic_impairment") or "—")
+    c[6].metric("肝功能 hepatic", ui.md(patient.get("hepatic_impairment") or None))
     allergies = patient.get("allergies")
     if allergies:
-        allergy_text = "、".join(str(a) for a in allergies)
+        allergy_text = "、".join(ui.md(a) for a in allergies) if isinstance(allergies, list) else ui.md(allergies)
     else:
         allergy_text = "无 none" if allergies == [] else "未填 not recorded"
     st.markdown(f"**过敏史 allergies:** {allergy_text}")
     diagnoses = []
     for entry in prescription.get("diagnoses") or []:
         if isinstance(entry, dict):
-            diagnoses.append(f"`{entry.get('code') or '?'}` {entry.get('name') or ''}".strip())
+            name = ui.md(entry.get("name")) if entry.get("name") else ""
+            diagnoses.append(f"{ui.md(entry.get('code') or '?')} {name}".strip())
         else:
-            diagnoses.append(f"`{entry}`")
+            diagnoses.append(ui.md(entry))
     st.markdown("**诊断 diagnoses:** " + ("；".join(diagnoses) or "无 none"))
 
 
@@ -116,19 +121,18 @@ def findings_block(findings: list[dict[str, Any]]) -> None:
     for finding in sorted(findings, key=lambda f: -ui.SEVERITY_RANK.get(f.get("severity"), 0)):
         level = finding.get("severity")
         box = {"critical": st.error, "warning": st.warning}.get(str(level), st.info)
-        where = (
-            f"第{finding['item']}项 item {finding['item']}" if finding.get("item") else "整张处方 whole prescription"
-        )
+        item = ui.md(finding.get("item")) if finding.get("item") else None
+        where = f"第{item}项 item {item}" if item else "整张处方 whole prescription"
         lines = [
-            f"**{ui.severity_label(level)} · {ui.category_label(finding.get('category'))}** · {where}",
-            str(finding.get("message") or ""),
-            f"规则 rule `{finding.get('rule')}` · 来源 source `{finding.get('source')}`",
+            f"**{ui.md(ui.severity_label(level))} · {ui.md(ui.category_label(finding.get('category')))}** · {where}",
+            ui.md(finding.get("message") or ""),
+            f"规则 rule {ui.md(finding.get('rule'))} · 来源 source {ui.md(finding.get('source'))}",
         ]
         evidence = finding.get("evidence") or {}
-        if evidence:
-            lines.append("证据 evidence: " + ", ".join(f"{k} = {v}" for k, v in evidence.items()))
+        if isinstance(evidence, dict) and evidence:
+            lines.append("证据 evidence: " + ", ".join(f"{ui.md(k)} = {ui.md(v)}" for k, v in evidence.items()))
         if finding.get("reference"):
-            lines.append(f"临床依据 reference: {finding['reference']}")
+            lines.append(f"临床依据 reference: {ui.md(finding['reference'])}")
         box("  \n".join(lines))
 
 
@@ -188,18 +192,19 @@ def header_block(detail: Any) -> None:
     prescriber = prescription.get("prescriber") or {}
     patient = prescription.get("patient") or {}
     version = ui.g(item, "version")
+    facility_name = facility.get("name") if isinstance(facility, dict) else None
     st.markdown(
-        f"{ui.severity_md(ui.g(item, 'severity'))} · {ui.status_label(ui.g(item, 'status'))}"
-        + (f" · 第{version}版 v{version}" if version and version > 1 else "")
-        + f" · 机构 {facility.get('name') or ui.g(item, 'facility_id') or '—'}"
-        f" · 科室 {prescription.get('department') or '—'}"
-        f" · 医生 {prescriber.get('id') or '—'}"
-        f" · 开具 {ui.format_time(prescription.get('issued_at'))}"
-        f" · 就诊 {prescription.get('visit_type') or '—'}"
-        f" · 患者 `{patient.get('id') or '—'}`"
+        f"{ui.severity_md(ui.g(item, 'severity'))} · {ui.md(ui.status_label(ui.g(item, 'status')))}"
+        + (f" · 第{version}版 v{version}" if isinstance(version, int) and version > 1 else "")
+        + f" · 机构 {ui.md(facility_name or ui.g(item, 'facility_id') or None)}"
+        f" · 科室 {ui.md(prescription.get('department') or None)}"
+        f" · 医生 {ui.md((prescriber.get('id') if isinstance(prescriber, dict) else None) or None)}"
+        f" · 开具 {ui.md(ui.format_time(prescription.get('issued_at')))}"
+        f" · 就诊 {ui.md(prescription.get('visit_type') or None)}"
+        f" · 患者 {ui.md((patient.get('id') if isinstance(patient, dict) else None) or None)}"
     )
     if ui.g(item, "double_sign_reason"):
-        st.warning(f"医生双签理由 doctor's double-sign reason: {ui.g(item, 'double_sign_reason')}", icon="✍️")
+        st.warning(f"医生双签理由 doctor's double-sign reason: {ui.md(ui.g(item, 'double_sign_reason'))}", icon="✍️")
 
 
 def show_detail(detail: Any, history_expanded: bool = False) -> None:

@@ -10,6 +10,7 @@ SQLAlchemy URL (SQLite or PostgreSQL). It never writes.
 from __future__ import annotations
 
 import statistics as pystats
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -29,9 +30,18 @@ def read_engine(url: str) -> Engine:
 
 
 def grouped_rates(
-    engine: Engine, dimension: str, date_from: date | None, date_to: date | None, limit: int = 200
+    engine: Engine,
+    dimension: str,
+    date_from: date | None,
+    date_to: date | None,
+    limit: int = 200,
+    *,
+    scope: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per value of ``dimension``: audits, held rate, decided, pass/return rates, median minutes."""
+    """One row per value of ``dimension``: audits, held rate, decided, pass/return rates, median minutes.
+
+    ``scope``: only these facilities (the signed-in pharmacist's); ``None`` = all. An empty scope
+    matches nothing rather than everything."""
     column = DIMENSIONS[dimension]
     rx = PrescriptionRow.__table__  # type: ignore[attr-defined]
     ar = AuditResultRow.__table__  # type: ignore[attr-defined]
@@ -39,12 +49,14 @@ def grouped_rates(
     day_from = date_from.isoformat() if date_from else None
     day_to = date_to.isoformat() if date_to else None
 
-    def period(col: Any) -> list[Any]:
+    def period(col: Any, facility: Any) -> list[Any]:
         out = []
         if day_from:
             out.append(col >= day_from)
         if day_to:
             out.append(col <= day_to)
+        if scope is not None:
+            out.append(facility.in_(list(scope)))
         return out
 
     audits_stmt = (
@@ -52,7 +64,7 @@ def grouped_rates(
             rx.c[column].label("key"), func.count().label("audits"), func.sum(cast(ar.c.flagged, Integer)).label("held")
         )
         .select_from(ar.join(rx, ar.c.prescription_row_id == rx.c.id))
-        .where(*period(rx.c.day))
+        .where(*period(rx.c.day, rx.c.facility_id))
         .group_by(rx.c[column])
         .order_by(func.count().desc())
         .limit(limit)
@@ -64,11 +76,13 @@ def grouped_rates(
             func.sum(case((items.c.status == "approved", 1), else_=0)).label("approved"),
             func.sum(case((items.c.status == "returned", 1), else_=0)).label("returned"),
         )
-        .where(*period(items.c.day))
+        .where(*period(items.c.day, items.c.facility_id))
         .group_by(items.c[column])
     )
     durations_stmt = select(items.c[column], items.c.submitted_at, items.c.decided_at).where(
-        *period(items.c.day), items.c.status.in_(("approved", "returned")), items.c.decided_at.is_not(None)
+        *period(items.c.day, items.c.facility_id),
+        items.c.status.in_(("approved", "returned")),
+        items.c.decided_at.is_not(None),
     )
     with engine.connect() as connection:
         audits = {row.key: (int(row.audits), int(row.held or 0)) for row in connection.execute(audits_stmt)}

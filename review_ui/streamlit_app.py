@@ -17,7 +17,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from review_ui import auth, backend  # noqa: E402
+from review_ui import auth, backend, ui  # noqa: E402
 from review_ui.auth import ROLE_LABELS  # noqa: E402
 
 logging.getLogger("rx_audit").setLevel(logging.INFO)
@@ -45,9 +45,10 @@ if user.is_admin:
     pages.append(st.Page("views/admin.py", title="管理 Admin", icon="⚙️", url_path="admin"))
 
 with st.sidebar:
-    st.markdown(f"**{user.name}**  \n`{user.id}` · {ROLE_LABELS.get(user.role, user.role)}")
+    # Names can come from an SSO identity provider: outside text, escaped like HIS text.
+    st.markdown(f"**{ui.md(user.name)}**  \n{ui.md(user.id)} · {ROLE_LABELS.get(user.role, user.role)}")
     if user.facilities:
-        st.caption("负责机构 facilities: " + ", ".join(user.facilities))
+        st.caption("负责机构 facilities: " + ui.md(", ".join(user.facilities)))
     if st.button("退出登录 Sign out", key="sign_out", icon="🚪"):
         auth.sign_out()
         st.rerun()

@@ -3,6 +3,7 @@ colour directives and pandas Styler only (raw HTML is never enabled)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,47 @@ ACTION_LABELS: dict[Any, Any] = {
 SEX_LABELS: dict[Any, Any] = {"M": "男 M", "F": "女 F", "U": "未知 U"}
 
 
+# --- text from outside (HIS payloads, findings that quote them, comments) ----------------------
+#
+# Every Streamlit call that takes a "body" or "label" (st.markdown, st.caption, st.error/warning/
+# info/success, st.subheader, st.metric's label *and value*, expander and widget labels, toasts)
+# renders Markdown: ``![x](http://evil/p.png)`` in a department name made the browser fetch an
+# outside image, ``[点此](http://evil)`` became a working link. So text that came from an HIS or
+# another user goes into those calls only through :func:`md`; elsewhere it goes to st.text /
+# st.code / dataframe cells, which never render Markdown.
+
+# Characters that start Markdown/GFM/Streamlit constructs anywhere in a line: escaped always.
+_MD_ALWAYS = re.compile(r"([\\`*\[\]<>!|~$&{}#^])")
+# ``_`` between two ASCII letters/digits can neither open nor close emphasis (GFM), so
+# ``egfr_lt_30`` stays readable and searchable; any other ``_`` is escaped.
+_MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# Streamlit directives (``:red[…]``, ``:material/x:``) start with ``:`` + a letter.
+_MD_DIRECTIVE = re.compile(r":(?=[A-Za-z])")
+# At the start of a line: list items (``-``, ``+``, ``1.``, ``1)``), setext/thematic lines (``=``).
+_MD_LINE_START = re.compile(r"^(\s*\d{1,9})([.)])(?=\s|$)|^(\s*)([-+=])")
+# GFM turns bare URLs, ``www.`` hosts and e-mail addresses into links *after* backslash escapes
+# are resolved (a text-node transform), so escaping alone would leave ``http://evil`` clickable.
+# A zero-width space inside the trigger breaks the pattern and stays invisible on screen.
+_ZWSP = "\u200b"
+_AUTOLINK_TRIGGERS = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=www)(?=\.)|(?<=@)")
+_WHITESPACE_RUN = re.compile(r"\s*[\r\n]\s*")
+
+
+def md(value: Any) -> str:
+    """Outside text made inert for any Markdown-rendering Streamlit call: the characters that open
+    links, images, HTML, code spans, emphasis, tables, colour directives or LaTeX backslash-escaped,
+    URL / e-mail autolink triggers broken, line breaks folded (no block structure; callers may put
+    the result at the start of a line). Shows as the original text. ``None`` → ``—``."""
+    if value is None:
+        return "—"
+    text = _WHITESPACE_RUN.sub(" ", str(value)).strip()
+    text = _AUTOLINK_TRIGGERS.sub(_ZWSP, text)
+    text = _MD_ALWAYS.sub(r"\\\1", text)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    text = _MD_DIRECTIVE.sub(r"\\:", text)
+    return _MD_LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] is not None else f"{m[3]}\\{m[4]}", text, count=1)
+
+
 def severity_label(value: Any) -> str:
     key = getattr(value, "value", value)
     if key is None:
@@ -50,7 +92,7 @@ def severity_md(value: Any) -> str:
     if key is None:
         return "—"
     color = SEVERITY_MD_COLOR.get(key, "gray")
-    return f":{color}-badge[{SEVERITY_LABELS.get(key, key)}]"
+    return f":{color}-badge[{md(SEVERITY_LABELS.get(key, key))}]"
 
 
 def category_label(value: Any) -> str:

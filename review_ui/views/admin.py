@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, ui
+from review_ui import backend, rulebook_check, ui
 from review_ui.auth import ROLE_LABELS
-from rx_audit.errors import RulebookError, RulebookErrors
+from rx_audit.errors import RulebookError
 
 log = logging.getLogger("rx_audit.review_ui.admin")
 
@@ -25,40 +25,6 @@ auditor = backend.auditor(settings)
 def reload_history() -> tuple[threading.Lock, list[dict[str, str]]]:
     """Process-wide record of rulebook swaps done from this UI (also in the server log)."""
     return threading.Lock(), []
-
-
-def check_rulebook(path: str) -> dict:
-    """Load, compile and run the examples of a rulebook without touching the live one."""
-    from rx_audit.engine import Auditor
-    from rx_audit.examples import run_examples
-    from rx_audit.rulebook import load_rulebook
-
-    try:
-        rulebook = load_rulebook(path)
-    except RulebookErrors as error:
-        return {"ok": False, "errors": [str(e) for e in error.errors]}
-    except RulebookError as error:
-        return {"ok": False, "errors": [str(error)]}
-    candidate = Auditor(rulebook)
-    try:
-        outcomes = run_examples(candidate)
-    finally:
-        candidate.close()
-    failed = [o for o in outcomes if not o.passed]
-    return {
-        "ok": not failed,
-        "errors": [],
-        "hash": rulebook.hash,
-        "drugs": len(rulebook.drugs),
-        "rules": len(rulebook.rules_by_id()),
-        "warnings": list(rulebook.warnings),
-        "examples": len(outcomes),
-        "failed": [
-            f"{o.example.source} {o.example.name}: "
-            + (o.error or f"缺少 missing {o.missing} 多余 unexpected {o.unexpected}")
-            for o in failed
-        ],
-    }
 
 
 st.title("⚙️ 管理 Admin")
@@ -74,43 +40,55 @@ st.caption(f"路径 path `{live.root}` · 配置 configured `{settings.rules}` (
 
 st.subheader("加载新版本 Load a new rulebook version")
 st.caption(
-    "先检查（校验每个文件并运行规则文件中的示例），通过后再启用；启用时引擎热切换，正在进行的审核用旧版本完成。"
-    " Check first (validate every file, run the examples), then activate: the engine swaps it in."
+    "先检查（校验每个文件并运行规则文件中的示例，在独立进程中限时运行），通过后才能启用；启用时引擎热切换，"
+    "正在进行的审核用旧版本完成。 Check first (validate every file, run the examples — in a separate process, "
+    "time-limited); only a rulebook that passed can be activated: the engine swaps it in."
 )
 path = st.text_input(
     "规则库目录 rulebook folder (服务器上的路径 path on the server)", value=str(live.root), key="admin_rules_path"
 )
 if st.button("检查 Check", key="admin_check", icon="🔍"):
-    with st.spinner("检查中 checking…"):
-        st.session_state["admin_report"] = {"path": path, **check_rulebook(path)}
+    # Out of the server process with a time limit (see review_ui/rulebook_check.py): a rulebook
+    # that never finishes loading can no longer freeze the server for everyone.
+    with st.spinner(f"检查中 checking… (最长 at most {settings.check_timeout_seconds:g} 秒 s)"):
+        st.session_state["admin_report"] = rulebook_check.check(path, timeout=settings.check_timeout_seconds)
+    log.info("rulebook check by=%s path=%s", user.id, path)
 
-report = st.session_state.get("admin_report")
-if report and report["path"] == path:
-    if report["errors"]:
-        st.error(f"规则库有 {len(report['errors'])} 处错误，不能启用 (errors; cannot activate):")
-        st.code("\n".join(report["errors"]), language=None)
-    else:
-        same = report["hash"] == auditor.rulebook_hash
-        summary = (
-            f"`{report['hash']}` · {report['drugs']} 药品 drugs · {report['rules']} 规则 rules · "
-            f"{report['examples']} 示例 examples"
+report: rulebook_check.CheckReport | None = st.session_state.get("admin_report")
+if report is not None and report.path == path:
+    if report.timed_out:
+        st.error(
+            f"检查超时（{report.timeout_seconds:g} 秒），规则库不能启用 (check timed out after "
+            f"{report.timeout_seconds:g} s; this rulebook cannot be activated)."
         )
-        if report["failed"]:
-            st.warning(f"规则可加载，但 {len(report['failed'])} 个示例未通过 (examples failing): {summary}")
-            st.code("\n".join(report["failed"]), language=None)
-        else:
-            st.success(f"检查通过 check passed: {summary}" + (" — 与在用版本相同 (same as live)" if same else ""))
-        for warning in report["warnings"]:
-            st.caption(f"⚠️ {warning}")
-        force = True
-        if report["failed"]:
-            force = st.checkbox("仍然启用（示例未通过）activate anyway", key="admin_force")
-        if st.button("启用此版本 Activate", type="primary", key="admin_activate", disabled=not force or same):
+    elif report.fingerprint is None:
+        st.error("不是规则库目录或目录过大，不能启用 (not a rulebook folder, or too big; cannot activate).")
+    elif not report.ok:
+        st.error("检查未通过（规则库有错误或示例未通过），不能启用 (check failed: errors or failing examples; "
+                 "this rulebook cannot be activated).")
+    for run in report.runs:
+        exit_note = f" → exit {run.returncode}" if run.returncode is not None else ""
+        st.caption(ui.md("rx-audit " + " ".join(run.args[-3:])) + exit_note)
+        if run.error:
+            st.code(run.error, language=None)
+        st.code(run.output.strip() or "(无输出 no output)", language=None)  # plain text, never Markdown
+    if report.ok:
+        same = report.hash == auditor.rulebook_hash
+        st.success(
+            f"检查通过 check passed: {ui.md(report.hash or '?')}"
+            + (" — 与在用版本相同 (same as live)" if same else "")
+        )
+        if st.button("启用此版本 Activate", type="primary", key="admin_activate", disabled=same):
             previous = auditor.rulebook_hash
+            if rulebook_check.fingerprint(path) != report.fingerprint:
+                # Only content that was checked may be loaded in this process.
+                st.session_state.pop("admin_report", None)
+                st.error("目录在检查后已改变，请重新检查 (the folder changed since the check; check it again).")
+                st.stop()
             try:
                 new_hash = auditor.reload(path)
             except RulebookError as error:
-                st.error(f"启用失败，在用版本未变 (activation failed; live version unchanged): {error}")
+                st.error(f"启用失败，在用版本未变 (activation failed; live version unchanged): {ui.md(error)}")
             else:
                 lock, history = reload_history()
                 with lock:
@@ -125,7 +103,7 @@ if report and report["path"] == path:
                     )
                 log.info("rulebook reload by=%s path=%s from=%s to=%s", user.id, path, previous, new_hash)
                 st.session_state.pop("admin_report", None)
-                st.toast(f"已启用 activated {new_hash[:19]}…", icon="✅")
+                st.toast(f"已启用 activated {ui.md(new_hash[:19])}…", icon="✅")
                 st.rerun()
         if Path(path).resolve() != Path(settings.rules).resolve():
             st.caption(
@@ -141,10 +119,10 @@ if rows:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 st.subheader("审方队列 Review queue")
-queue = backend.queue(settings)
+service = backend.service(settings, user)  # an admin's scope is every facility
 st.caption(f"数据库 database `{settings.redacted_db_url()}` ({settings.sources.get('db_url', '')})")
-counts = {"pending": queue.count(status=list(ui.READY_STATUSES))}
-counts.update({status: queue.count(status=status) for status in ("claimed", "approved", "returned", "auto_passed")})
+counts = {"pending": service.count(status=list(ui.READY_STATUSES))}
+counts.update({status: service.count(status=status) for status in ("claimed", "approved", "returned", "auto_passed")})
 cols = st.columns(len(counts))
 for col, (status, value) in zip(cols, counts.items(), strict=True):
     col.metric(ui.status_label(status), f"{value:,}")

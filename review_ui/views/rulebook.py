@@ -109,15 +109,16 @@ def show_result(result: Any) -> None:
     for finding in result.findings:
         level = getattr(finding.severity, "value", finding.severity)
         box = {"critical": st.error, "warning": st.warning}.get(str(level), st.info)
-        item = f"第{finding.item}项 item {finding.item} · " if finding.item else ""
+        # The pasted prescription is outside text (drug names end up in messages and evidence).
+        item = f"第{ui.md(finding.item)}项 item {ui.md(finding.item)} · " if finding.item else ""
         text = (
-            f"**{ui.severity_label(level)} · {ui.category_label(finding.category)}**  \n"
-            f"{item}{finding.message}  \n规则 `{finding.rule}` · 来源 `{finding.source}`"
+            f"**{ui.md(ui.severity_label(level))} · {ui.md(ui.category_label(finding.category))}**  \n"
+            f"{item}{ui.md(finding.message)}  \n规则 {ui.md(finding.rule)} · 来源 {ui.md(finding.source)}"
         )
         if finding.reference:
-            text += f"  \n依据 {finding.reference}"
+            text += f"  \n依据 {ui.md(finding.reference)}"
         if finding.evidence:
-            text += "  \n证据 evidence: " + ", ".join(f"{k}={v}" for k, v in finding.evidence.items())
+            text += "  \n证据 evidence: " + ", ".join(f"{ui.md(k)}={ui.md(v)}" for k, v in finding.evidence.items())
         box(text)
     with st.expander("结果JSON result JSON"):
         st.json(result.to_contract())
@@ -127,7 +128,7 @@ def trial_audit(record: Any) -> None:
     try:
         result = auditor.audit(record)
     except RxAuditError as error:
-        st.error(f"无法审核 cannot audit: {error}")
+        st.error(f"无法审核 cannot audit: {ui.md(error)}")
         return
     show_result(result)
 

@@ -1,4 +1,8 @@
-"""检索 Search — by prescription id, patient id, prescriber, facility, date and verdict (paged)."""
+"""检索 Search — by prescription id, patient id, prescriber, facility, date and verdict (paged).
+
+``?item=<id>`` opens that item's detail (a link a pharmacist can share); like every read here it
+goes through the user's scoped service, so an item of another facility is simply "not found".
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,23 @@ from review_ui import backend, ui
 from review_ui import detail as detail_view
 from rx_audit.errors import NotFoundError
 
-backend.require_user()
+user = backend.require_user()
 settings = backend.settings_or_stop()
-queue = backend.queue(settings)
+service = backend.service(settings, user)  # every queue call scoped to this user's facilities
 
 st.title("🔎 检索 Search")
+
+
+def show_item(item_id: int) -> None:
+    try:
+        detail = service.get(item_id)
+    except NotFoundError:  # also: outside this pharmacist's facilities — indistinguishable on purpose
+        st.warning("记录不存在 (not found).")
+        return
+    st.divider()
+    st.subheader(f"处方 {ui.md(detail.item.prescription_id)}")
+    detail_view.show_detail(detail, history_expanded=True)
+
 
 VERDICTS = [
     None,
@@ -66,7 +82,7 @@ query = st.session_state.get("s_query")
 if query is not None:
     page = st.session_state.get("s_page", 0)
     page_size = settings.page_size
-    results = queue.search(**query, limit=page_size + 1, offset=page * page_size)
+    results = service.search(**query, limit=page_size + 1, offset=page * page_size)
     has_more = len(results) > page_size
     results = results[:page_size]
     if not results:
@@ -116,12 +132,13 @@ if query is not None:
         if selected and pd.isna(item_id):
             st.info("该处方未被拦截，不在审方队列中 (not flagged; no review item).")
         elif selected:
-            item_id = int(item_id)  # type: ignore[arg-type]
-            try:
-                detail = queue.get(item_id)
-            except NotFoundError:
-                st.warning("记录不存在 (not found).")
-            else:
-                st.divider()
-                st.subheader(f"处方 {detail.item.prescription_id}")
-                detail_view.show_detail(detail, history_expanded=True)
+            show_item(int(item_id))  # type: ignore[arg-type]
+
+linked = st.query_params.get("item")
+if linked is not None and query is None:
+    try:
+        linked_id = int(linked)
+    except ValueError:
+        st.warning("记录不存在 (not found).")
+    else:
+        show_item(linked_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from review_ui import auth, backend
+from review_ui import auth, backend, ui
 
 settings = backend.settings_or_stop()
 
@@ -22,7 +22,7 @@ if oidc:
         st.login()
     refused = st.session_state.get("rx_oidc_refused")
     if refused:
-        st.error(f"账号 {refused} 未授权使用审方系统 (this identity has no role). 请联系药剂科管理员。")
+        st.error(f"账号 {ui.md(refused)} 未授权使用审方系统 (this identity has no role). 请联系药剂科管理员。")
         if st.button("换一个账号 Use another account", key="oidc_logout"):
             st.session_state.pop("rx_oidc_refused", None)
             st.logout()
@@ -47,15 +47,12 @@ if records is not None:
         submitted = st.form_submit_button("登录 Sign in", type="primary")
     if submitted:
         username = (username or "").strip()
-        wait = auth.throttle.locked_for(username)
-        if wait > 0:
-            st.error(f"尝试次数过多，请 {int(wait) + 1} 秒后再试 (too many attempts; wait).")
+        # Throttled per user name *and* client address, atomically (see auth._Throttle).
+        outcome = auth.sign_in(records, username, password or "", auth.client_address(settings.trusted_proxies))
+        if outcome.wait_seconds > 0:
+            st.error(f"尝试次数过多，请 {int(outcome.wait_seconds) + 1} 秒后再试 (too many attempts; wait).")
+        elif outcome.user is None:
+            st.error("用户名或密码错误 (wrong user name or password).")
         else:
-            user = auth.verify_password(records, username, password or "")
-            if user is None:
-                auth.throttle.fail(username)
-                st.error("用户名或密码错误 (wrong user name or password).")
-            else:
-                auth.throttle.clear(username)
-                auth.set_user(user)
-                st.rerun()
+            auth.set_user(outcome.user)
+            st.rerun()

@@ -10,11 +10,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, stats_extra, ui
+from review_ui import backend, ui
 
-backend.require_user()
+user = backend.require_user()
 settings = backend.settings_or_stop()
-queue = backend.queue(settings)
+service = backend.service(settings, user)  # figures only over this user's facilities
 
 st.title("📊 统计 Statistics")
 
@@ -41,18 +41,11 @@ elif days == 0:
         date_from, date_to = chosen
 st.caption(f"{date_from} — {date_to}" if date_from else "全部日期 all dates")
 
+if service.scope is not None:
+    st.caption("范围 scope: " + ui.md(", ".join(service.scope)))
 
-@st.cache_data(ttl=60, show_spinner="统计中 computing…")
-def load_statistics(db_url: str, date_from: date | None, date_to: date | None) -> dict[str, Any]:
-    return queue.statistics(date_from=date_from, date_to=date_to)
-
-
-@st.cache_data(ttl=60, show_spinner="统计中 computing…")
-def load_rates(db_url: str, dimension: str, date_from: date | None, date_to: date | None) -> pd.DataFrame:
-    return stats_extra.grouped_rates(backend.stats_engine(settings), dimension, date_from, date_to)
-
-
-stats = load_statistics(settings.db_url, date_from, date_to)
+# Both cached per (database, scope, period) inside the service.
+stats = service.statistics(date_from, date_to)
 
 
 def pct(value: Any) -> str:
@@ -134,7 +127,7 @@ tab_day, tab_facility, tab_prescriber, tab_category, tab_rule = st.tabs(
 )
 
 with tab_day:
-    frame = load_rates(settings.db_url, "day", date_from, date_to)
+    frame = service.grouped_rates("day", date_from, date_to)
     rate_chart(frame, "day", "每日比率 daily rates", temporal=True)
     if not frame.empty and frame["median_minutes_to_decision"].notna().any():
         st.bar_chart(
@@ -145,12 +138,12 @@ with tab_day:
     rate_table(frame)
 
 with tab_facility:
-    frame = load_rates(settings.db_url, "facility", date_from, date_to)
+    frame = service.grouped_rates("facility", date_from, date_to)
     rate_chart(frame.head(30), "facility", "按机构 by facility")
     rate_table(frame)
 
 with tab_prescriber:
-    frame = load_rates(settings.db_url, "prescriber", date_from, date_to)
+    frame = service.grouped_rates("prescriber", date_from, date_to)
     st.caption("按审核量排序，前200名 (top 200 by volume)")
     rate_chart(frame.head(30), "prescriber", "按医生 by prescriber (前30 top 30)")
     rate_table(frame)

@@ -14,13 +14,13 @@ import streamlit as st
 
 from review_ui import backend, ui
 from review_ui import detail as detail_module
-from rx_audit.errors import NotFoundError, QueueError, StateError
+from rx_audit.errors import NotFoundError, QueueError, ReasonRequiredError, StateError
 
 log = logging.getLogger("rx_audit.review_ui.workbench")
 
 user = backend.require_user()
 settings = backend.settings_or_stop()
-queue = backend.queue(settings)
+service = backend.service(settings, user)  # every queue call scoped to this user's facilities
 
 CURRENT = "wb_item"
 
@@ -68,30 +68,25 @@ def filters() -> dict[str, Any]:
 
 def list_filters(f: dict[str, Any]) -> dict[str, Any]:
     return {
-        "facility": f["facilities"],
+        "facility": service.facilities_filter(f["facilities"]),
         "severity": f["severity"],
         "category": f["category"],
         "department": f["department"],
     }
 
 
-def claimed_by_me() -> list[Any]:
-    # The queue has no claimed_by filter; claimed items are few (one or two per pharmacist).
-    return [i for i in queue.list_items(status="claimed", limit=500) if i.claimed_by == user.id]
-
-
 @st.fragment(run_every=settings.refresh_seconds)
 def queue_overview(f: dict[str, Any], compact: bool) -> None:
     """Counts, oldest waiting time and the next page of the queue; reruns by itself."""
     filters_now = list_filters(f)
-    pending = queue.count(status=list(ui.READY_STATUSES), **filters_now)
-    oldest = queue.oldest_pending_age_seconds()
-    mine = claimed_by_me()
+    pending = service.count(status=list(ui.READY_STATUSES), **filters_now)
+    oldest = service.oldest_pending_age_seconds()
+    mine = service.claimed_by_me()
     c1, c2, c3 = st.columns(3)
     c1.metric("待审 pending", f"{pending:,}")
     c2.metric("最久等待 oldest waiting", ui.format_age(oldest))
     c3.metric("我审核中 claimed by me", f"{len(mine):,}")
-    items = queue.list_items(status=list(ui.READY_STATUSES), limit=min(settings.page_size, 15), **filters_now)
+    items = service.list_items(status=list(ui.READY_STATUSES), limit=min(settings.page_size, 15), **filters_now)
     if not items:
         st.caption("队列为空 (the queue is empty) ✓")
         return
@@ -130,15 +125,14 @@ def queue_table(items: list[Any]) -> None:
 
 def claim_next(f: dict[str, Any]) -> None:
     try:
-        item = queue.claim_next(
-            user.id,
-            facilities=f["facilities"],
+        item = service.claim_next(
+            facilities=service.facilities_filter(f["facilities"]),
             severity=f["severity"],
             category=f["category"],
             department=f["department"],
         )
     except QueueError as error:
-        st.session_state["wb_flash"] = ("error", f"领取失败 claim failed: {error}")
+        st.session_state["wb_flash"] = ("error", f"领取失败 claim failed: {ui.md(error)}")
         return
     if item is None:
         st.session_state[CURRENT] = None
@@ -153,22 +147,49 @@ def claim_next(f: dict[str, Any]) -> None:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def reason_options(db_url: str, kind: str) -> dict[str, str]:
-    return {r.code: f"{r.code} {r.label}" + (f" ({r.label_en})" if r.label_en else "") for r in queue.reasons(kind)}
+    return {r.code: f"{r.code} {r.label}" + (f" ({r.label_en})" if r.label_en else "") for r in service.reasons(kind)}
+
+
+def is_critical(detail: Any) -> bool:
+    """The item (or any of its findings) is at the 拦截 critical level."""
+    findings = (ui.g(detail, "result") or {}).get("findings") or []
+    severities = {ui.g(ui.g(detail, "item"), "severity"), *(f.get("severity") for f in findings)}
+    return "critical" in severities
+
+
+def errors_key(item_id: int) -> str:
+    return f"wb_err_{item_id}"
+
+
+def field_error(item_id: int, field: str) -> None:
+    """The error of one control, shown right under it (not at the top of the page)."""
+    message = (st.session_state.get(errors_key(item_id)) or {}).get(field)
+    if message:
+        st.error(message, icon="⚠️")
 
 
 def decide(item_id: int, verdict: str, reason: str, comment: str, f: dict[str, Any]) -> None:
+    form = "approve_form" if verdict == "approve" else "return_form"
     try:
         if verdict == "approve":
-            queue.approve(item_id, user.id, reason, comment or "")
+            service.approve(item_id, reason, comment)
         else:
-            queue.return_to_doctor(item_id, user.id, reason, comment or "")
+            service.return_to_doctor(item_id, reason, comment)
     except (StateError, NotFoundError) as error:
-        st.session_state["wb_flash"] = ("error", f"操作未完成 not done: {error}")
+        # The item is gone from this pharmacist (taken, decided, out of scope): nothing to show in place.
+        st.session_state["wb_flash"] = ("error", f"操作未完成 not done: {ui.md(error)}")
         st.session_state[CURRENT] = None
         return
-    except QueueError as error:
-        st.session_state["wb_flash"] = ("error", f"操作未完成 not done: {error}")
+    except ReasonRequiredError as error:
+        st.session_state[errors_key(item_id)] = {
+            form: f"队列拒绝：拦截级问题通过需填写原因和备注 (the queue refused: a critical finding needs a reason "
+            f"and a comment): {ui.md(error)}"
+        }
         return
+    except QueueError as error:
+        st.session_state[errors_key(item_id)] = {form: f"操作未完成 not done: {ui.md(error)}"}
+        return
+    st.session_state.pop(errors_key(item_id), None)
     log.info("decision user=%s item=%s verdict=%s reason=%s", user.id, item_id, verdict, reason)
     done = "已通过 passed ✓" if verdict == "approve" else "已退回医生 returned ✓"
     claim_next(f)  # after a decision the next item opens
@@ -178,32 +199,61 @@ def decide(item_id: int, verdict: str, reason: str, comment: str, f: dict[str, A
         st.session_state["wb_flash"] = ("success", f"{done} 已打开下一张 (next one opened)")
 
 
-def on_decision(item_id: int, verdict: str, f: dict[str, Any]) -> None:
-    """Form callback: runs before the script, so the next item shows in the same run."""
+def on_decision(item_id: int, verdict: str, critical: bool, f: dict[str, Any]) -> None:
+    """Form callback: runs before the script, so the next item (or the errors) show in the same run."""
     if verdict == "approve":
         reason = st.session_state.get(f"wb_ar_{item_id}")
-        comment = st.session_state.get(f"wb_ac_{item_id}") or ""
+        comment = (st.session_state.get(f"wb_ac_{item_id}") or "").strip()
     else:
         reason = st.session_state.get(f"wb_rr_{item_id}")
-        comment = st.session_state.get(f"wb_rc_{item_id}") or ""
+        comment = (st.session_state.get(f"wb_rc_{item_id}") or "").strip()
+    errors: dict[str, str] = {}
     if not reason:
-        st.session_state["wb_flash"] = ("error", "请选择退回原因 (choose a reason for the return).")
+        errors["approve_reason" if verdict == "approve" else "return_reason"] = (
+            "请选择通过原因 (choose a reason for passing)."
+            if verdict == "approve"
+            else "请选择退回原因 (choose a reason for the return)."
+        )
+    if verdict == "approve" and critical and not comment:
+        errors["approve_comment"] = "拦截级问题通过须填写备注 (a critical finding needs a comment to pass)."
+    st.session_state[errors_key(item_id)] = errors
+    if errors:
         return
-    decide(item_id, verdict, reason, comment, f)
+    decide(item_id, verdict, str(reason), comment, f)
 
 
-def decision_forms(item_id: int, f: dict[str, Any]) -> None:
+def decision_forms(item_id: int, critical: bool, f: dict[str, Any]) -> None:
     st.markdown("##### 审核结论 Decision")
     pass_col, return_col = st.columns(2)
     with pass_col, st.form(f"approve_{item_id}", border=True):
         approve_options = reason_options(settings.db_url, "approve")
+        if critical:
+            st.warning("拦截级问题：通过须选原因并填写备注 (critical finding: a reason and a comment are required)")
         st.selectbox(
-            "通过原因 reason", list(approve_options), format_func=approve_options.__getitem__, key=f"wb_ar_{item_id}"
+            "通过原因 reason（必选 required）",
+            list(approve_options),
+            # A critical finding is never passed on a preselected default: the pharmacist chooses.
+            index=None if critical else 0,
+            format_func=approve_options.__getitem__,
+            placeholder="请选择 choose…",
+            key=f"wb_ar_{item_id}",
         )
-        st.text_area("备注 comment", key=f"wb_ac_{item_id}", height=80, max_chars=500)
+        field_error(item_id, "approve_reason")
+        st.text_area(
+            "备注 comment（必填 required）" if critical else "备注 comment",
+            key=f"wb_ac_{item_id}",
+            height=80,
+            max_chars=500,
+        )
+        field_error(item_id, "approve_comment")
         st.form_submit_button(
-            "✅ 通过 Pass", type="primary", width="stretch", on_click=on_decision, args=(item_id, "approve", f)
+            "✅ 通过 Pass",
+            type="primary",
+            width="stretch",
+            on_click=on_decision,
+            args=(item_id, "approve", critical, f),
         )
+        field_error(item_id, "approve_form")
     with return_col, st.form(f"return_{item_id}", border=True):
         return_options = reason_options(settings.db_url, "return")
         st.selectbox(
@@ -214,19 +264,23 @@ def decision_forms(item_id: int, f: dict[str, Any]) -> None:
             placeholder="请选择 choose…",
             key=f"wb_rr_{item_id}",
         )
+        field_error(item_id, "return_reason")
         st.text_area("给医生的说明 note to the doctor", key=f"wb_rc_{item_id}", height=80, max_chars=500)
-        st.form_submit_button("↩️ 退回 Return", width="stretch", on_click=on_decision, args=(item_id, "return", f))
+        st.form_submit_button(
+            "↩️ 退回 Return", width="stretch", on_click=on_decision, args=(item_id, "return", critical, f)
+        )
+        field_error(item_id, "return_form")
 
 
 def detail_view(item_id: int, f: dict[str, Any]) -> None:
     try:
-        detail = queue.get(item_id)
+        detail = service.get(item_id)
     except NotFoundError:
         st.session_state[CURRENT] = None
         st.warning("该处方已不在队列中 (item no longer in the queue).")
         return
     item = detail.item
-    st.subheader(f"处方 {item.prescription_id}")
+    st.subheader(f"处方 {ui.md(item.prescription_id)}")
     detail_module.show_detail(detail)
     if item.status != "claimed" or item.claimed_by != user.id:
         st.info(f"此处方不在您的审核中 (not claimed by you): {ui.status_label(item.status)}")
@@ -234,7 +288,7 @@ def detail_view(item_id: int, f: dict[str, Any]) -> None:
             "返回队列 Back to the queue", key="wb_back", on_click=st.session_state.__setitem__, args=(CURRENT, None)
         )
         return
-    decision_forms(item_id, f)
+    decision_forms(item_id, is_critical(detail), f)
 
 
 # --- page ---------------------------------------------------------------------------------------
@@ -242,13 +296,13 @@ def detail_view(item_id: int, f: dict[str, Any]) -> None:
 st.title("🩺 审方工作台 Workbench")
 current_filters = filters()
 if st.session_state.get(CURRENT) is None:
-    mine = claimed_by_me()
+    mine = service.claimed_by_me()
     if mine:  # e.g. after a page reload: resume what this pharmacist already holds
         st.session_state[CURRENT] = mine[0].id
 queue_overview(current_filters, compact=st.session_state.get(CURRENT) is not None)
 
 flash = st.session_state.pop("wb_flash", None)
-if flash:
+if flash:  # messages are built by this page; any outside text in them went through ui.md
     getattr(st, flash[0])(flash[1])
 
 if st.session_state.get(CURRENT) is None:

@@ -35,21 +35,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every UI test runs on a SQLite file and on PostgreSQL (``RX_AUDIT_TEST_PG_URL``, one schema
     per test, dropped afterwards). Without that URL the PostgreSQL cases skip locally and fail in CI
     (``eval "$(scripts/postgres.sh)"`` starts a server and sets it)."""
+    from rx_audit.queue import migrate
+
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'review.db'}"
+        url = f"sqlite:///{tmp_path / 'review.db'}"
+        migrate(url)  # the schema is the migrations' (ReviewQueue runs no DDL)
+        yield url
         return
     base = os.environ.get("RX_AUDIT_TEST_PG_URL")
     if not base:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("RX_AUDIT_TEST_PG_URL not set: in CI the PostgreSQL cases must run")
         pytest.skip('RX_AUDIT_TEST_PG_URL not set (eval "$(scripts/postgres.sh)")')
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
+    # The owner role (RX_AUDIT_TEST_PG_OWNER_URL) creates the schema and migrates it; the UI runs as
+    # the application role, with what migrate() grants it.
+    owner = os.environ.get("RX_AUDIT_TEST_PG_OWNER_URL") or base
+    app_role = make_url(base).username
     schema = "ui_" + uuid.uuid4().hex[:12]
-    engine = create_engine(base)
+    engine = create_engine(owner)
     with engine.begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in base else "?"
+    owner_separator = "&" if "?" in owner else "?"
+    migrate(f"{owner}{owner_separator}options=-csearch_path%3D{schema}", grant_to=[app_role] if owner != base else [])
     yield f"{base}{separator}options=-csearch_path%3D{schema}"
     with engine.begin() as connection:
         connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -88,3 +88,41 @@ def seed(queue: Any, count: int, start: int = 1, **kwargs: Any) -> list[Any]:
         record = prescription(n, **kwargs)
         out.append(queue.submit(record, result(record)))
     return out
+
+
+# --- markdown-injection payloads (red team): every text field an HIS controls carries them -------
+
+EVIL_HOST = "evil.test"
+PAYLOAD = (
+    f"![x](http://{EVIL_HOST}/img.png) [点此](http://{EVIL_HOST}/phish) <img src=http://{EVIL_HOST}/h.png> "
+    f"<a href='http://{EVIL_HOST}/a'>a</a> http://{EVIL_HOST}/auto www.{EVIL_HOST} x@{EVIL_HOST} "
+    f":red[red] $x^2$ **bold**"
+)
+
+
+def evil_prescription(n: int = 900, facility: str = "LZH") -> dict[str, Any]:
+    record = prescription(n, facility=facility)
+    record["id"] = f"RX-EVIL-{n} {PAYLOAD}"
+    record["facility"]["name"] = f"分院 {PAYLOAD}"
+    record["department"] = f"全科 {PAYLOAD}"
+    record["prescriber"]["id"] = f"D1 {PAYLOAD}"
+    record["patient"]["id"] = f"`P-9` ``{PAYLOAD}``"
+    record["patient"]["allergies"] = [f"青霉素 {PAYLOAD}"]
+    record["diagnoses"] = [{"code": f"E11 {PAYLOAD}", "name": f"糖尿病 {PAYLOAD}"}]
+    record["items"][1]["drug"] = f"未知药 {PAYLOAD}"
+    record["items"][1]["frequency"] = f"qd {PAYLOAD}"
+    return record
+
+
+def evil_result(record: dict[str, Any]) -> AuditResult:
+    finding = Finding(
+        rule="unknown.drug",
+        category="contraindication",
+        severity="critical",
+        item="2",
+        message=f"未知药品 {PAYLOAD}",
+        source=f"rules/x.yaml:1 {PAYLOAD}",
+        evidence={"drug": f"未知药 {PAYLOAD}"},
+        reference=f"说明书 {PAYLOAD}",
+    )
+    return AuditResult(id=record["id"], flagged=True, severity="critical", rulebook="sha256:t", findings=[finding])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.review_ui.helpers import DEMO_USERS, ROOT, RULES, seed
+from tests.review_ui.helpers import DEMO_USERS, EVIL_HOST, ROOT, RULES, evil_prescription, evil_result, seed
 
 CHROMIUM = os.environ.get("RX_AUDIT_CHROMIUM", "/usr/bin/chromium")  # Debian's; override only to test the CI rule
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -77,9 +77,10 @@ def browser_ready() -> None:
 
 @pytest.fixture
 def server(browser_ready: None, tmp_path: Path) -> Iterator[dict]:
-    from rx_audit.queue import ReviewQueue
+    from rx_audit.queue import ReviewQueue, migrate
 
     db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    migrate(db_url)
     queue = ReviewQueue(db_url)
     submitted = seed(queue, 3)
     port = _free_port()
@@ -169,6 +170,10 @@ def test_sign_in_claim_and_pass_in_chromium(server: dict) -> None:
             expect(page.get_by_text("二甲双胍禁用").filter(visible=True).first).to_be_visible()
             page.screenshot(path=SCREENSHOTS / "03_claimed.png", full_page=True)
 
+            # A critical finding: the reason is chosen (no default) and a comment written.
+            page.get_by_label("通过原因 reason（必选 required）").click()
+            page.get_by_role("option", name="A01").first.click()
+            page.get_by_label("备注 comment（必填 required）").fill("已核实，临床需要")
             pass_button.click()
             expect(page.get_by_text("已通过 passed")).to_be_visible()
             # After a decision the next item opens by itself.
@@ -228,4 +233,60 @@ def test_every_page_renders_in_chromium(server: dict) -> None:
             assert "P-0000" not in page.content()
         finally:
             browser.close()
+    assert "Traceback" not in server["log"].read_text(encoding="utf-8")
+
+
+def test_his_markdown_payloads_fetch_nothing_and_link_nowhere(server: dict) -> None:
+    """An item whose every HIS text field carries markdown image/link/HTML payloads: opening it
+    sends no request to the payload host, and the DOM holds no <img>/<a href> from the payload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=20_000)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    record = evil_prescription(900, facility="EVL")
+    server["queue"].submit(record, evil_result(record))
+    requested: list[str] = []
+
+    def watch(route) -> None:
+        url = route.request.url
+        if EVIL_HOST in url:
+            requested.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400}, locale="zh-CN")
+            page.set_default_timeout(30_000)
+            page.on("request", lambda request: requested.append(request.url) if EVIL_HOST in request.url else None)
+            page.route("**/*", watch)
+            page.goto(server["url"])
+            page.get_by_label("用户名 User name").fill("yao01")
+            page.get_by_label("密码 Password").fill("yao01-demo")
+            page.get_by_role("button", name="登录 Sign in").click()
+            claim = page.get_by_role("button", name="领取下一张 Claim next")
+            expect(claim).to_be_visible()
+            # Only the payload item's facility, so that it is the one claimed.
+            page.get_by_text("筛选 Filters").click()
+            facility = page.get_by_label("机构 facility (id, 逗号分隔)")
+            facility.fill("EVL")
+            facility.press("Enter")
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("1")
+            claim.click()
+            expect(page.get_by_role("heading", name="处方 RX-EVIL-900")).to_be_visible()
+            main = page.get_by_test_id("stMain")
+            # The payloads are there, as literal text.
+            expect(main.get_by_text("未知药品 ![x](http").first).to_be_visible()
+            expect(main.get_by_text("[点此](http").first).to_be_visible()
+            expect(main.get_by_text("医生 D1 ![x](http").first).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "20_markdown_payloads_inert.png", full_page=True)
+            for selector in (f"img[src*='{EVIL_HOST}']", f"a[href*='{EVIL_HOST}']", f"[src*='{EVIL_HOST}']"):
+                assert page.locator(selector).count() == 0, selector
+            links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            assert not [href for href in links if EVIL_HOST in href], links
+        finally:
+            browser.close()
+    assert requested == [], requested
     assert "Traceback" not in server["log"].read_text(encoding="utf-8")

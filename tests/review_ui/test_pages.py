@@ -23,6 +23,14 @@ def no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def choose_pass(at, reason: str = "A01", comment: str = "已核实，临床需要 (checked: clinically needed)") -> None:
+    """Fill the pass form of the open item: the seeded items carry a critical finding, which can only
+    be passed with a chosen reason and a comment (no preselected default)."""
+    item_id = at.session_state["wb_item"]
+    at.selectbox(key=f"wb_ar_{item_id}").select(reason)
+    at.text_area(key=f"wb_ac_{item_id}").input(comment)
+
+
 # --- signed out --------------------------------------------------------------------------------
 
 
@@ -132,6 +140,7 @@ def test_claim_then_pass(app, queue) -> None:
     assert "二甲双胍禁用" in text and "metformin.contraindication.egfr_lt_30" in text
     assert "rules/drugs/metformin.yaml:41" in text
     assert "患者姓名不应出现" not in text  # the UI never shows a patient name
+    choose_pass(at)
     button(at, "通过 Pass").click().run()
     no_exception(at)
     item = queue.get(first).item
@@ -174,6 +183,7 @@ def test_facility_restricted_pharmacist_only_claims_own_facilities(app, queue) -
     while at.session_state["wb_item"] is not None:
         item_id = at.session_state["wb_item"]
         seen.append(queue.get(item_id).item.facility_id)
+        choose_pass(at)
         button(at, "通过 Pass").click().run()
         no_exception(at)
     assert sorted(seen) == ["HXZ", "HXZ", "LZH", "LZH"]
@@ -200,6 +210,7 @@ def test_statistics_page_renders(app, queue) -> None:
     seed(queue, 3)
     at = app("yao01").run()
     button(at, "领取下一张").click().run()
+    choose_pass(at)
     button(at, "通过 Pass").click().run()
     at.switch_page("views/statistics.py").run()
     no_exception(at)
@@ -266,6 +277,7 @@ def test_patient_names_never_logged_or_shown(app, queue, caplog: pytest.LogCaptu
     caplog.set_level("DEBUG")
     at = app("yao01").run()
     button(at, "领取下一张").click().run()
+    choose_pass(at)
     button(at, "通过 Pass").click().run()
     at.switch_page("views/search.py").run()
     at.text_input(key="s_patient").input("P-00002")
