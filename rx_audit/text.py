@@ -104,8 +104,9 @@ def _fold(token: str) -> str:
     words: list[str] = []
     for word in _words(token):
         foreign = [char in _CONFUSABLES for char in word]
-        if any(foreign) and (any(_is_latin(char) for char in word) or (all(
-                is_foreign or _is_latin(char) for char, is_foreign in zip(word, foreign, strict=True)) and ascii_context)):
+        latin = any(_is_latin(char) for char in word)
+        only_lookalikes = all(is_foreign or _is_latin(char) for char, is_foreign in zip(word, foreign, strict=True))
+        if any(foreign) and (latin or (only_lookalikes and ascii_context)):
             word = "".join(_CONFUSABLES.get(char, char) for char in word)
         words.append(word)
     return "".join(words)
@@ -191,7 +192,8 @@ def sanitise(data: Any) -> tuple[Any, list[TextNote]]:
             stack.extend((target[key], name, child, child_path, depth + 1) for name, child, child_path in children)
         elif isinstance(value, (list, tuple)):
             target[key] = [None] * len(value)
-            stack.extend((target[key], index, child, _path(path, index), depth + 1) for index, child in enumerate(value))
+            stack.extend((target[key], index, child, _path(path, index), depth + 1)
+                         for index, child in enumerate(value))
         else:
             target[key] = value
     return root[0], sorted(walk.notes, key=lambda note: note.path)

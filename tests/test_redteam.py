@@ -130,7 +130,7 @@ def test_custom_rule_on_missing_optional_field_says_it_could_not_check(tmp_path)
 
 
 def test_an_unfinished_audit_is_held_whatever_the_threshold(tmp_path):
-    """durable fails on a ruleset (here: deleted under the engine): `engine_error`, flagged even at threshold critical."""
+    """durable fails on a ruleset (here: deleted under the engine): `engine_error`, flagged at threshold critical."""
     root = _rulebook_with(tmp_path, {"custom/weight.yaml": LOW_WEIGHT})
     (root / "rulebook.yaml").write_text("settings:\n  flag_threshold: critical\n", encoding="utf-8")
     auditor = Auditor.from_path(root)
@@ -185,7 +185,7 @@ def test_hostile_records_are_refused_one_by_one_and_the_batch_goes_on(auditor):
 
 
 def test_a_strength_unit_of_many_spaces_is_read_in_linear_time():
-    """The strength regex once backtracked: 10,000 spaces took over 120 s. Run apart, so a regression fails, not hangs."""
+    """The strength regex once backtracked: 10,000 spaces took 120 s. Run apart, so a regression fails, not hangs."""
     code = (
         "from rx_audit.units import dose_in_unit\n"
         "for n in (2_000, 10_000, 200_000):\n"
@@ -252,13 +252,15 @@ BAD_RULE_FILES = {
                     "    message: x\n    source: test source\n",
     "a huge limit": "custom:\n  - id: huge\n    category: dose\n    when: [{field: dose, op: gt, value: 1.0e+20}]\n"
                     "    message: x\n    source: test source\n",
-    "an operator as value": "custom:\n  - id: op\n    category: dose\n    when: [{field: days, op: eq, value: {$nex: 1}}]\n"
+    "an operator as value": "custom:\n  - id: op\n    category: dose\n"
+                            "    when: [{field: days, op: eq, value: {$nex: 1}}]\n"
                             "    message: x\n    source: test source\n",
     "a format spec": "custom:\n  - id: spec\n    category: dose\n    when: [{field: days, op: gt, value: 1}]\n"
                      "    message: 'x {days:>1500000000}'\n    source: test source\n",
     "an alias bomb": "custom:\n  - id: bomb\n    category: dose\n    when: [{field: days, op: gt, value: 1}]\n"
                      "    message: x\n    source: test source\n    examples:\n      - name: b\n"
-                     "        patient: {a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]}\n"
+                     "        patient: {a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1],\n"
+                     "                  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]}\n"
                      "        items: [{drug: x}]\n",
 }
 

@@ -98,7 +98,9 @@ def unaudited(prescription: Prescription, rulebook: Rulebook, error: str) -> Aud
     return _verdict(prescription, rulebook, [_engine_error(rulebook, "audit", error)], unaudited=True)
 
 
-def _verdict(prescription: Prescription, rulebook: Rulebook, findings: list[Finding], *, unaudited: bool) -> AuditResult:
+def _verdict(
+    prescription: Prescription, rulebook: Rulebook, findings: list[Finding], *, unaudited: bool
+) -> AuditResult:
     order = {item.id: position for position, item in enumerate(prescription.items)}
     findings.sort(key=lambda f: (-SEVERITY_RANK[str(f.severity)], order.get(f.item, -1), f.rule))
     top = max((SEVERITY_RANK[str(f.severity)] for f in findings), default=0)

@@ -10,9 +10,9 @@ from typing import Any
 
 from rx_audit.contract import SEVERITY_RANK
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler, icd_errors
-from rx_audit.rulebook.conditions import all_of, cmp, eq, Gate, gate_of, indicated_keys, list_has, list_lacks, none_of
+from rx_audit.rulebook.conditions import Gate, all_of, cmp, eq, gate_of, indicated_keys, list_has, list_lacks, none_of
 from rx_audit.rulebook.model import CompiledRule, Drug
-from rx_audit.rulebook.schema import AllergyClassSpec, DrugFile, Limit
+from rx_audit.rulebook.schema import AllergyClassSpec, DrugFile, Limit, SeverityName
 
 
 def compile_drug(
@@ -116,9 +116,9 @@ def _regimens(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> Non
                 tests[needs[0]] = [cmp(op, fact_field, value)]
                 compiler.add_with_twins(ruleset, rule, gate, tests)
         if regimen.frequencies:
-            frequency_severity = regimen.frequency_severity or min(
-                regimen.severity, "warning", key=lambda name: SEVERITY_RANK[name]
-            )
+            capped: SeverityName = "warning" if SEVERITY_RANK[regimen.severity] > SEVERITY_RANK["warning"] \
+                else regimen.severity
+            frequency_severity = regimen.frequency_severity or capped
             rule = CompiledRule(
                 id=f"{drug.id}.dose.{regimen.id}.frequency",
                 category="dose",

@@ -43,11 +43,14 @@ def compile_global_rules(
     compiler.add(
         "global",
         CompiledRule(
-            id="completeness.allergy_unreadable", category="completeness", severity=settings.unreadable_allergy_severity,
-            message="过敏史“{allergy_unread_text}”未能识别为药品或药物类别：相关过敏禁忌未能自动核查，请药师人工核对",
+            id="completeness.allergy_unreadable", category="completeness",
+            severity=settings.unreadable_allergy_severity,
+            message="过敏史“{allergy_unread_text}”未能识别为药品或药物类别：相关过敏禁忌未能自动核查，"
+                    "请药师人工核对",
             source=where, condition=all_of(eq("t", "rx"), eq("allergy_unread", 1)),
             evidence_fields=("allergy_unread_text",),
-            reference="CONTRACT §1 patient.allergies: 无法识别的过敏史是规范性问题，不得忽略; 医疗机构处方审核规范 第十五条",
+            reference="CONTRACT §1 patient.allergies: 无法识别的过敏史是规范性问题，不得忽略; "
+                      "医疗机构处方审核规范 第十五条",
             scope="prescription",
         ),
     )
@@ -76,7 +79,8 @@ def compile_global_rules(
     # Text that mixed Latin with look-alike letters was folded and audited; the pharmacist sees it.
     unicode_source = "Unicode TR39 混淆字符 (confusables); rx_audit: 文字须与药师所见一致"
     for kind, scope, message in (
-        ("item", "item", "药品“{drug_text}”的文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
+        ("item", "item",
+         "药品“{drug_text}”的文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
         ("rx", "prescription", "处方文字混有形近外文字母（如西里尔字母），已按拉丁字母识别，请核对：{text_fields}"),
     ):
         compiler.add(

@@ -78,7 +78,7 @@ def _refuse_aliases(text: str, path: Path) -> None:
     for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise RulebookError("YAML anchors and aliases (& and *) are not allowed in rule files; write the values "
-                                "out", path, event.start_mark.line + 1)
+                                "out", path, event.start_mark.line + 1 if event.start_mark else None)
 
 
 def load_yaml(path: Path) -> Any:
