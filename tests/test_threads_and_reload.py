@@ -141,6 +141,22 @@ class _Auditing:
     def all(self) -> list[tuple[str, Any]]:
         return [entry for results in self.results for entry in results]
 
+    def wait_for_more(self, count: int = 40, rulebook: str | None = None) -> None:
+        """Until ``count`` more audits (and a PROBE) finished, on ``rulebook`` if given: a window of work,
+        not of time, so the test means the same on a fast machine and on a busy one."""
+        def done() -> tuple[int, int]:
+            entries = [(rid, r) for rid, r in self.all() if rulebook is None or r.rulebook == rulebook]
+            return len(entries), sum(rid == "PROBE" for rid, _ in entries)
+
+        start_total, start_probes = done()
+        deadline = time.monotonic() + 600  # a cap against a hang, never reached by a working engine
+        while time.monotonic() < deadline and not self.errors:
+            total, probes = done()
+            if total - start_total >= count and probes > start_probes:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"auditing threads stalled: {self.errors or 'no progress'}")
+
 
 def test_hot_reload_under_load(live: Auditor, versions: dict[str, Any]) -> None:
     records = [versions["probe"], *_records(live, 150, seed=13)]
@@ -156,10 +172,12 @@ def test_hot_reload_under_load(live: Auditor, versions: dict[str, Any]) -> None:
     assert rule in {f["rule"] for f in expected[new_hash]["PROBE"]["findings"]}
 
     with _Auditing(live, records) as auditing:
+        current = old_hash
         for version in ("new", "old", "new", "old", "new", "old"):
-            time.sleep(0.3)
-            assert live.reload(versions[version]) in expected
-        time.sleep(0.3)
+            auditing.wait_for_more(rulebook=current)
+            current = live.reload(versions[version])
+            assert current in expected
+        auditing.wait_for_more(rulebook=current)
     assert not auditing.errors, auditing.errors
     results = auditing.all()
     seen = {result.rulebook for _, result in results}
@@ -190,13 +208,13 @@ def test_broken_reload_keeps_old_version(live: Auditor, versions: dict[str, Any]
     old_hash = live.rulebook_hash
     expected = {r["id"]: _dump(live.audit(r)) for r in records}
     with _Auditing(live, records) as auditing:
-        time.sleep(0.2)
+        auditing.wait_for_more()
         with pytest.raises(RulebookError) as raised:
             live.reload(broken)
         assert Path(str(raised.value.path or "")).name.endswith(".yaml")
         with pytest.raises(RulebookError):
             live.reload(tmp_path / "no-such-rulebook")
-        time.sleep(0.2)
+        auditing.wait_for_more()
     assert not auditing.errors, auditing.errors
     assert live.rulebook_hash == old_hash
     results = auditing.all()
