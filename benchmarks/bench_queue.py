@@ -75,8 +75,9 @@ def test_replay_throughput(benchmark, batch: Path, tmp_path: Path, workers: int)
 
 def test_claim_decide(benchmark, tmp_path: Path) -> None:
     from rx_audit.models import AuditResult, Finding
-    from rx_audit.queue import prepare_record
+    from rx_audit.queue import migrate, prepare_record
 
+    migrate(f"sqlite:///{tmp_path / 'c.db'}")
     queue = ReviewQueue(f"sqlite:///{tmp_path / 'c.db'}")
     records = [
         prepare_record(

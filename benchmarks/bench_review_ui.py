@@ -34,8 +34,9 @@ VIEWER = {"id": "bench_viewer", "name": "只看队列", "role": "pharmacist", "f
 
 
 def seed_bulk(db_url: str, count: int, batch: int = 2000) -> None:
-    from rx_audit.queue import ReviewQueue, prepare_record
+    from rx_audit.queue import ReviewQueue, migrate, prepare_record
 
+    migrate(db_url)
     queue = ReviewQueue(db_url)
     have = queue.count()
     if have >= count:

@@ -10,6 +10,7 @@ bash scripts/setup.sh
 .venv/bin/rx-audit audit examples/prescriptions.jsonl --format table
 if .venv/bin/rx-audit --help | grep -q replay; then
   mkdir -p var
+  .venv/bin/rx-audit queue migrate --db sqlite:///var/demo.db  # schema first (also upgrades an older demo.db)
   .venv/bin/rx-audit replay examples/prescriptions.jsonl --db sqlite:///var/demo.db --report var/demo-report.html
   .venv/bin/rx-audit queue stats --db sqlite:///var/demo.db
   echo

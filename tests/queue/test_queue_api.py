@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from rx_audit.errors import NotFoundError, QueueError, StateError
@@ -172,10 +172,11 @@ def test_lease_expiry(queue: ReviewQueue) -> None:
 def test_timeout_policy_is_logged(db_url: str, policy: str) -> None:
     queue = ReviewQueue(db_url, timeout_policy=policy, timeout_seconds=60)
     try:
+        start = datetime.now(UTC)  # before the items are queued: the check below never depends on speed
         a = queue.submit(rx(1), result(1, "critical"))
         b = queue.submit(rx(2), result(2, "warning"))
         later = datetime.now(UTC) + timedelta(seconds=120)
-        assert queue.apply_timeout_policy(datetime.now(UTC)) == 0
+        assert queue.apply_timeout_policy(start) == 0
         assert queue.apply_timeout_policy(later) == 2
         assert queue.apply_timeout_policy(later) == 0  # once
         expected = {"hold": "pending", "escalate": "escalated", "pass": "auto_passed"}[policy]
@@ -195,18 +196,28 @@ def test_timeout_policy_is_logged(db_url: str, policy: str) -> None:
         queue.close()
 
 
-def test_trail_and_decisions_are_append_only(queue: ReviewQueue) -> None:
+def test_trail_and_decisions_are_append_only(database, queue: ReviewQueue) -> None:
     item = queue.submit(rx(1), result(1))
     queue.claim(item.id, "ph")
     queue.approve(item.id, "ph", "A01")
-    for table in ("rx_audit_trail", "rx_decision"):
-        for statement in (f"UPDATE {table} SET actor = 'mallory'", f"DELETE FROM {table}"):
-            with pytest.raises(DBAPIError, match="append-only"), queue._engine.begin() as connection:
-                connection.execute(text(statement))
-    assert [t.actor for t in queue.get(item.id).trail] == ["his", "ph", "ph"]
-    if queue.is_postgres:
-        with pytest.raises(DBAPIError, match="append-only"), queue._engine.begin() as connection:
-            connection.execute(text("TRUNCATE rx_audit_trail"))
+    # The triggers hold even for the tables' owner; on PostgreSQL the application role is refused
+    # before they fire (no UPDATE/DELETE/TRUNCATE privilege).
+    owner = create_engine(database.owner_url) if database.roles_separate else queue._engine
+    try:
+        for table in ("rx_audit_trail", "rx_decision"):
+            for statement in (f"UPDATE {table} SET actor = 'mallory'", f"DELETE FROM {table}"):
+                with pytest.raises(DBAPIError, match="append-only"), owner.begin() as connection:
+                    connection.execute(text(statement))
+                if database.roles_separate:
+                    with pytest.raises(DBAPIError, match="permission denied"), queue._engine.begin() as connection:
+                        connection.execute(text(statement))
+        assert [t.actor for t in queue.get(item.id).trail] == ["his", "ph", "ph"]
+        if queue.is_postgres:
+            with pytest.raises(DBAPIError, match="append-only"), owner.begin() as connection:
+                connection.execute(text("TRUNCATE rx_audit_trail"))
+    finally:
+        if owner is not queue._engine:
+            owner.dispose()
 
 
 def test_paging_counts_search_and_reasons(queue: ReviewQueue) -> None:

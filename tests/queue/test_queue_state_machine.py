@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from rx_audit.errors import StateError
+from rx_audit.errors import ReasonRequiredError, StateError
 from rx_audit.models import AuditResult, Finding
 from rx_audit.queue import READY_STATUSES, ReviewQueue
 
@@ -58,7 +58,13 @@ def run_machine(queue: ReviewQueue) -> None:
                 assert item is None
                 return
             assert item is not None and item.status == "pending"
-            self.model[item.id] = {"status": "pending", "claimed_by": None, "lease": None, "rx": rx_id}
+            self.model[item.id] = {
+                "status": "pending",
+                "claimed_by": None,
+                "lease": None,
+                "rx": rx_id,
+                "severity": severity,
+            }
             self.latest[rx_id] = item.id
 
         @rule(pharmacist=st.sampled_from(PHARMACISTS), lease=st.integers(min_value=1, max_value=120))
@@ -94,20 +100,31 @@ def run_machine(queue: ReviewQueue) -> None:
                 m.update(status="pending", claimed_by=None)
 
         @precondition(lambda self: self.model)
-        @rule(data=st.data(), approve=st.booleans(), pharmacist=st.sampled_from(PHARMACISTS))
-        def decide(self, data: st.DataObject, approve: bool, pharmacist: str) -> None:
+        @rule(
+            data=st.data(),
+            approve=st.booleans(),
+            pharmacist=st.sampled_from(PHARMACISTS),
+            comment=st.sampled_from(["", "  ", "已核实"]),
+        )
+        def decide(self, data: st.DataObject, approve: bool, pharmacist: str, comment: str) -> None:
             item_id = data.draw(st.sampled_from(sorted(self.model)))
             m = self.model[item_id]
             allowed = m["status"] == "claimed" and m["claimed_by"] == pharmacist
+            # Passing a critical finding needs a reason code and a comment (one click is not enough).
+            needs_reason = approve and m["severity"] == "critical" and not comment.strip()
             try:
                 if approve:
-                    queue.approve(item_id, pharmacist, "A01")
+                    queue.approve(item_id, pharmacist, "A01", comment)
                 else:
-                    queue.return_to_doctor(item_id, pharmacist, "R02")
+                    queue.return_to_doctor(item_id, pharmacist, "R02", comment)
             except StateError:
                 assert not allowed
                 return
-            assert allowed
+            except ReasonRequiredError:
+                assert allowed and needs_reason
+                self._check(item_id)  # refused: nothing changed
+                return
+            assert allowed and not needs_reason
             m.update(status="approved" if approve else "returned", claimed_by=pharmacist)
 
         @precondition(lambda self: self.latest)
@@ -131,7 +148,13 @@ def run_machine(queue: ReviewQueue) -> None:
                 self.model[latest].update(status="double_signed", claimed_by=None)
             elif item is not None:
                 assert item.previous_item_id == latest and item.version > 1
-                self.model[item.id] = {"status": "pending", "claimed_by": None, "lease": None, "rx": rx_id}
+                self.model[item.id] = {
+                    "status": "pending",
+                    "claimed_by": None,
+                    "lease": None,
+                    "rx": rx_id,
+                    "severity": severity,
+                }
                 self.latest[rx_id] = item.id
             else:
                 self.model[latest]["status"] = "returned"
@@ -146,6 +169,9 @@ def run_machine(queue: ReviewQueue) -> None:
                 self._check(item_id)
                 trail = queue.get(item_id).trail
                 assert trail[0].action == "submitted"
+            # Whatever happened, the trail and decisions still verify as one intact chain.
+            verified = queue.verify()
+            assert verified.ok, verified.message
 
     Machine.TestCase.settings = settings(
         max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)

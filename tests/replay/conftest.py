@@ -13,4 +13,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The fixtures live in replay_support, shared by both suites.
-from replay_support import db_url, queue  # noqa: F401
+from replay_support import database, db_url, queue  # noqa: F401

@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import random
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ class FakeAuditor:
 
     def audit(self, record: Any) -> AuditResult:
         rx = parse_prescription(record)
+        if rx.id == os.environ.get("RX_AUDIT_TEST_FREEZE_ID"):
+            _freeze()
         findings: list[Finding] = []
         for item in rx.items:
             if (
@@ -97,8 +101,30 @@ class FakeAuditor:
         )
 
 
+def _freeze() -> None:
+    """The crash test's kill point: say so through a marker file, then wait to be killed. A replay
+    cannot finish past this record, so every kill is a real mid-run kill on any machine."""
+    marker = os.environ.get("RX_AUDIT_TEST_FREEZE_MARK")
+    if marker:
+        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+    time.sleep(3600)
+
+
 def make_auditor(rules: Any) -> FakeAuditor:
     return FakeAuditor(str(rules))
+
+
+class ExplodingAuditor(FakeAuditor):
+    """An auditor with a bug: an unexpected exception on any prescription whose id ends in BOOM."""
+
+    def audit(self, record: Any) -> AuditResult:
+        if parse_prescription(record).id.endswith("BOOM"):
+            raise RuntimeError("boom: an unexpected bug while auditing")
+        return super().audit(record)
+
+
+def make_exploding_auditor(rules: Any) -> ExplodingAuditor:
+    return ExplodingAuditor(str(rules))
 
 
 def prescription(index: int, rng: random.Random, prefix: str = "RX") -> dict[str, Any]:
@@ -170,11 +196,16 @@ def write_batch(
 # --- database URLs for tests: SQLite file, or a fresh PostgreSQL schema ---------------------------
 
 
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def pg_base_url() -> str | None:
+    """The application role's URL (RX_AUDIT_TEST_PG_URL)."""
     url = os.environ.get("RX_AUDIT_TEST_PG_URL")
     if url:
         return url
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if _ci():
         pytest.fail(
             'RX_AUDIT_TEST_PG_URL is not set: CI must run the queue tests on PostgreSQL (eval "$(scripts/postgres.sh)")'
         )
@@ -182,34 +213,89 @@ def pg_base_url() -> str | None:
     return None
 
 
-def make_db_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'queue.db'}"
+def pg_owner_url() -> str:
+    """The owner role's URL (RX_AUDIT_TEST_PG_OWNER_URL): creates the schemas, runs the migrations."""
+    url = os.environ.get("RX_AUDIT_TEST_PG_OWNER_URL")
+    if url:
+        return url
+    if _ci():
+        pytest.fail('RX_AUDIT_TEST_PG_OWNER_URL is not set: CI runs with two roles (eval "$(scripts/postgres.sh)")')
     base = pg_base_url()
     assert base
-    from sqlalchemy import create_engine, text
+    return base  # one role for both locally: the privilege tests skip
 
+
+def with_schema(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@dataclass
+class Database:
+    """A test database: the application URL, the owner's URL (same on SQLite) and the app role."""
+
+    url: str
+    owner_url: str
+    app_role: str | None = None
+
+    @property
+    def roles_separate(self) -> bool:
+        return self.url != self.owner_url
+
+
+def make_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, migrated: bool = True) -> Database:
+    """A fresh SQLite file, or a fresh PostgreSQL schema created by the owner role and granted to the
+    application role; migrated to head unless ``migrated=False``."""
+    from rx_audit.queue import migrate
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / f'queue-{uuid.uuid4().hex[:6]}.db'}"
+        if migrated:
+            migrate(url)
+        return Database(url, url)
+    base = pg_base_url()
+    assert base
+    owner = pg_owner_url()
+    from sqlalchemy import create_engine, make_url, text
+
+    app_role = make_url(base).username
     schema = "t_" + uuid.uuid4().hex[:12]
-    engine = create_engine(base)
+    engine = create_engine(owner)
     with engine.begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
+        if app_role and owner != base:
+            connection.execute(text(f'GRANT USAGE ON SCHEMA {schema} TO "{app_role}"'))
     engine.dispose()
 
     def drop() -> None:
-        engine = create_engine(base)
+        engine = create_engine(owner)
         with engine.begin() as connection:
             connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         engine.dispose()
 
     request.addfinalizer(drop)
-    separator = "&" if "?" in base else "?"
-    return f"{base}{separator}options=-csearch_path%3D{schema}"
+    owner_url = with_schema(owner, schema)
+    grant = [app_role] if app_role and owner != base else []
+    if migrated:
+        migrate(owner_url, grant_to=grant)
+    return Database(with_schema(base, schema), owner_url, app_role if grant else None)
+
+
+def make_db_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return make_database(kind, tmp_path, request).url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The queue and replay suites run every test on a SQLite file and on PostgreSQL."""
-    return make_db_url(request.param, tmp_path, request)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A migrated database on a SQLite file and on PostgreSQL (application and owner URLs)."""
+    return make_database(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def db_url(database: Database) -> str:
+    """The queue and replay suites run every test on a SQLite file and on PostgreSQL (migrated; the
+    application role's URL on PostgreSQL)."""
+    return database.url
 
 
 @pytest.fixture
