@@ -43,6 +43,8 @@ def load(root: Path) -> ReferenceRulebook:
     book = ReferenceRulebook()
     for path in sorted(root.rglob("*.yaml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if path.is_relative_to(root / "dictionary"):
+            continue
         if "drug" in data:
             drug = data["drug"]
             book.drugs[drug["id"]] = data
@@ -55,10 +57,29 @@ def load(root: Path) -> ReferenceRulebook:
         book.custom.extend(data.get("custom") or [])
         if "settings" in data:
             book.settings = data["settings"]
+    _load_dictionary(root, book)
     for class_id, spec in book.allergy_classes.items():
         for alias in [class_id, spec["name"], *spec.get("names", [])]:
             book.allergy_names.setdefault(normalise_name(alias), set()).add(class_id)
     return book
+
+
+def _load_dictionary(root: Path, book: ReferenceRulebook) -> None:
+    """Dictionary entries: a drug without a monograph (class rules only); a monograph gains its ingredients."""
+    owners: dict[str, set[str]] = {}
+    for path in sorted((root / "dictionary").glob("*.yaml")):
+        for entry in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("dictionary") or []:
+            info = {"kind": entry.get("kind", "chemical"), "ingredients": entry.get("ingredients") or [entry["id"]]}
+            if entry["id"] in book.drugs:
+                book.drugs[entry["id"]].update(info)
+            else:
+                book.drugs[entry["id"]] = {"drug": entry, "monograph": False, **info}
+            for alias in [entry["id"], entry["name"], *([entry["inn"]] if entry.get("inn") else []),
+                          *entry.get("salts", []), *entry.get("names", [])]:
+                owners.setdefault(normalise_name(alias), set()).add(entry["id"])
+    for name, ids in owners.items():
+        if len(ids) == 1:  # a monograph's names come first; a shared dictionary name means neither
+            book.names.setdefault(name, next(iter(ids)))
 
 
 @dataclass
@@ -289,6 +310,34 @@ def _prescription_values(prescription: Prescription, patient: Patient) -> dict[s
     }
 
 
+def _duration(item: Item, spec: dict[str, Any], prescription: Prescription, book: ReferenceRulebook,
+              expected: Expected) -> None:
+    if spec.get("kind") == "supply":
+        return
+    drug = spec["drug"]
+    limit = (book.settings.get("duration") or {}).get(prescription.visit_type)
+    if limit and item.days is not None:
+        chronic_max = limit.get("chronic_drug_max_days")
+        if chronic_max and drug.get("chronic"):
+            if item.days > chronic_max:
+                expected.fired.add((f"duration.{prescription.visit_type}_chronic_drug", item.id))
+        elif item.days > limit["max_days"]:
+            expected.fired.add((f"duration.{prescription.visit_type}", item.id))
+
+
+def _class_rules(item: Item, drug: dict[str, Any], patient: Patient, book: ReferenceRulebook,
+                 expected: Expected) -> None:
+    """A dictionary drug without a monograph: allergy to the drug, to its classes, cross-reactivity."""
+    if item.drug in patient.allergies:
+        expected.fired.add(("allergy.drug", item.id))
+    for class_id in drug.get("allergy_classes", []):
+        if class_id in patient.allergies:
+            expected.fired.add((f"allergy.class.{class_id}", item.id))
+        for other in (book.allergy_classes.get(class_id) or {}).get("cross_reactive", {}):
+            if other in patient.allergies:
+                expected.fired.add((f"allergy.cross.{class_id}.{other}", item.id))
+
+
 def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     expected = Expected()
     patient = patient_of(prescription, book)
@@ -325,6 +374,10 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
         spec = book.drugs[item.drug]
         drug = spec["drug"]
         prefix = item.drug
+        if not spec.get("monograph", True):
+            _class_rules(item, drug, patient, book, expected)
+            _duration(item, spec, prescription, book, expected)
+            continue
 
         indication = spec.get("indication")
         if indication and patient.dx:
@@ -405,14 +458,7 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
         if spec.get("max_days") is not None and item.days is not None and item.days > spec["max_days"]:
             expected.fired.add((f"{prefix}.duration", item.id))
 
-        limit = (book.settings.get("duration") or {}).get(prescription.visit_type)
-        if limit and item.days is not None:
-            chronic_max = limit.get("chronic_drug_max_days")
-            if chronic_max and drug.get("chronic"):
-                if item.days > chronic_max:
-                    expected.fired.add((f"duration.{prescription.visit_type}_chronic_drug", item.id))
-            elif item.days > limit["max_days"]:
-                expected.fired.add((f"duration.{prescription.visit_type}", item.id))
+        _duration(item, spec, prescription, book, expected)
 
     def selected(selector: dict[str, Any], item: Item) -> bool:
         """The item meets the selector's own conditions; an unknown daily dose counts as reaching it."""
@@ -420,6 +466,12 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
             return False
         return not (selector.get("daily_min") is not None and item.daily is not None
                     and item.daily < selector["daily_min"])
+
+    def ingredients(drug_id: str) -> list[str]:
+        return book.drugs[drug_id].get("ingredients") or [drug_id]
+
+    def place(item: Item) -> str:
+        return "systemic" if item.systemic else (item.form_group or "")
 
     for index, first in enumerate(items):
         for second in items[index + 1 :]:
@@ -433,11 +485,18 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                     expected.fired.add(("duplicate.same_ingredient", second.id))
                 continue
             else:
+                class_duplicate = False
                 for duplicate in book.duplicates:
                     key = f"class:{duplicate['class']}"
                     local = duplicate.get("systemic") and not (first.systemic and second.systemic)
                     if key in a and key in b and not local:
                         expected.fired.add((f"duplicate.{duplicate['id']}", second.id))
+                        class_duplicate = True
+                # Two products with an ingredient in common, acting in the same place; a class rule
+                # about the same two items says it better.
+                if not class_duplicate and place(first) == place(second) and (
+                        set(ingredients(first.drug)) & set(ingredients(second.drug))):
+                    expected.fired.add(("duplicate.ingredient", second.id))
             for interaction in book.interactions:
                 sx, sy = interaction["between"]
                 x, y = selector_key(sx), selector_key(sy)

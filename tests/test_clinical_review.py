@@ -133,7 +133,7 @@ def test_ppi_beside_an_antiplatelet_needs_no_gastric_diagnosis(auditor):
 
 @pytest.mark.parametrize(("name", "drug"), [
     ("阿托伐他汀钙片(立普妥)", "atorvastatin"), ("硝苯地平缓释片(Ⅱ)", "nifedipine"), ("格列齐特片(II)", "gliclazide"),
-    ("艾司奥美拉唑镁肠溶片", None), ("doxycycline hyclate", "doxycycline"),
+    ("艾司奥美拉唑镁肠溶片", "esomeprazole"), ("doxycycline hyclate", "doxycycline"),
     ("Metoprolol Tartrate 25 mg tab", "metoprolol"),
     ("阿莫西林胶囊 0.25g*24粒", "amoxicillin"), ("盐酸二甲双胍缓释片 0.5g", "metformin"),
 ])

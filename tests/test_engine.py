@@ -100,9 +100,11 @@ def test_ordinary_prescriptions_pass(auditor):
 
 
 def test_unknown_drug_is_visible_not_silent(auditor):
-    result = auditor.audit(rx(item("板蓝根颗粒", 10, unit="g", frequency="tid", form="颗粒")))
+    result = auditor.audit(rx(item("某某未收录颗粒", 10, unit="g", frequency="tid", form="颗粒")))
     finding = next(f for f in result.findings if f.rule == "completeness.unknown_drug")
-    assert finding.category == "completeness" and finding.item == "1" and "板蓝根颗粒" in finding.message
+    assert finding.category == "completeness" and finding.item == "1" and "某某未收录颗粒" in finding.message
+    # CONTRACT §1: unknown is a warning by default — the pharmacist reviews it by hand.
+    assert str(finding.severity) == "warning" and result.flagged
 
 
 def test_missing_data_a_rule_needs_is_said(auditor):

@@ -176,8 +176,10 @@ def test_shipped_rulebook_loads_and_covers_the_fifty_drugs(rules_dir):
         ("苯磺酸氨氯地平片", "amlodipine"),
         ("注射用头孢呋辛钠", "cefuroxime"),
         ("Metformin Hydrochloride Tablets", "metformin"),
-        ("氨氯地平贝那普利片", None),  # a combination is not one of its ingredients
-        ("复方甘草片", None),
+        # A combination is itself (the dictionary entry with its ingredients), never one of them.
+        ("氨氯地平贝那普利片", "amlodipine_benazepril"),
+        ("复方甘草片", "compound_liquorice"),
+        ("某某未收录药片", None),
     ],
 )
 def test_drug_names_as_his_write_them(rules_dir, written, drug):

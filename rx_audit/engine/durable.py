@@ -92,7 +92,9 @@ class Registered:
                 wanted = self.lists[list_field].get(logical, frozenset())
                 for fact in slim:
                     # "-" keeps the list non-empty: durable's allItems is false on an empty list.
-                    fact[list_field] = [*(value for value in fact.get(list_field, ()) if value in wanted), "-"]
+                    values = fact.get(list_field, ())
+                    kept = list(values) if wanted is None else [value for value in values if value in wanted]
+                    fact[list_field] = [*kept, "-"]
         payload = orjson.dumps(slim).decode()
         for shard in self.shards[logical]:
             handle = self.handles[shard]

@@ -75,6 +75,7 @@ def explain(
         seen.add(identity)
         findings.append(_finding(rule, fact, item, rulebook, facts))
 
+    findings = _without_generic_duplicates(findings)
     for (item, missing), (rule, covered, fact) in twins.items():
         if missing in structural.get(item, set()):
             continue
@@ -83,6 +84,15 @@ def explain(
 
     findings.extend(_engine_error(rulebook, logical, error) for logical, error in failures)
     return _verdict(prescription, rulebook, findings, unaudited=bool(failures))
+
+
+def _without_generic_duplicates(findings: list[Finding]) -> list[Finding]:
+    """A class duplicate rule (two paracetamol products: liver risk) says more than the generic
+    shared-ingredient rule about the same two items: the generic one is dropped for that pair."""
+    specific = {frozenset(f.evidence.get("items", ())) for f in findings
+                if f.category == "duplicate" and f.rule != "duplicate.ingredient"}
+    return [f for f in findings
+            if f.rule != "duplicate.ingredient" or frozenset(f.evidence.get("items", ())) not in specific]
 
 
 def _engine_error(rulebook: Rulebook, where: str, error: str) -> Finding:
@@ -144,10 +154,14 @@ def _finding(
         values["value"] = _display(fact[value_field])
         evidence["value"] = _display(fact[value_field])
     if "allergy_keys" in rule.limits:
-        matched = [facts.allergy_text.get(key, key) for key in rule.limits["allergy_keys"]
-                   if key in fact.get("allergies", [])]
+        # "$drug": the generic rule's key is the item's own drug.
+        keys = [fact.get("drug", "") if key == "$drug" else key for key in rule.limits["allergy_keys"]]
+        matched = [facts.allergy_text.get(key, key) for key in keys if key in fact.get("allergies", [])]
         values["allergy"] = "、".join(dict.fromkeys(matched)) or "该药"
         evidence["allergies"] = list(dict.fromkeys(matched))
+    if "ingredient" in wanted and fact.get("ing"):
+        ingredient = rulebook.drugs.get(fact["ing"])
+        values["ingredient"] = ingredient.name if ingredient else fact["ing"]
     if rule.scope == "pair":
         values["a"] = rulebook.drugs[fact["a_drug"]].name
         values["b"] = rulebook.drugs[fact["b_drug"]].name

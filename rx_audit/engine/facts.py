@@ -17,6 +17,7 @@ from typing import Any
 
 from rx_audit.engine.resolve import ResolvedItem, ResolvedPrescription
 from rx_audit.rulebook import Drug, Rulebook
+from rx_audit.rulebook.compile_classes import CLASS_RULESET, INGREDIENT_KEY
 
 _FACT_NUMBERS = itertools.count(1)
 _LARGEST = 1e15
@@ -86,6 +87,8 @@ def _item_fact(item: ResolvedItem, weight: float | None) -> dict[str, Any]:
         return fact
     fact["drug"] = item.drug.id
     fact["chronic"] = int(item.drug.chronic)
+    fact["monograph"] = int(item.drug.monograph)
+    fact["kind"] = item.drug.kind
     dose = durable_number(item.dose)
     if dose is not None:
         fact["dose"] = dose
@@ -117,12 +120,13 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
     for fact, drug in known:
         if fact.get("freq") == "st":
             continue
-        where = (drug.id, "systemic" if fact["sys"] else fact.get("form_group", ""))
+        where = (drug.id, fact_local(fact))
         previous = last_of.get(where)
         if previous is not None:
             out.append(("global", {"t": "pair", "n": number, "key": "", "a_item": previous["item"],
                                    "b_item": fact["item"], "a_drug": drug.id, "b_drug": drug.id, "same": 1}))
         last_of[where] = fact
+    out.extend(_ingredient_facts(rulebook, number, known))
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             # The same drug twice is the duplicate above; it does not interact with itself.
@@ -144,6 +148,35 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
                     _put(pair, "b_daily", b.get("daily"))
                     out.append(("global" if rulebook.pairs_in_global else f"pair:{key}", pair))
     return out
+
+
+def ingredients(drug: Drug) -> tuple[str, ...]:
+    return drug.ingredients or (drug.id,)
+
+
+def _ingredient_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any], Drug]]
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    """Two different products with an ingredient in common: one fact per shared ingredient, durable
+    compares it with the other product's ingredients (the same drug twice is the duplicate above)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for index, (first, first_drug) in enumerate(known):
+        for second, second_drug in known[index + 1 :]:
+            if first_drug.id == second_drug.id or fact_local(first) != fact_local(second):
+                continue
+            theirs = ingredients(second_drug)
+            for ingredient in ingredients(first_drug):
+                if ingredient in theirs:
+                    out.append(("global" if rulebook.pairs_in_global else f"pair:{INGREDIENT_KEY}", {
+                        "t": "pair", "n": number, "key": INGREDIENT_KEY, "a_item": first["item"],
+                        "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
+                        "ing": ingredient, "b_ings": list(theirs), "same": 0,
+                    }))
+    return out
+
+
+def fact_local(fact: dict[str, Any]) -> str:
+    """Where an item acts: systemically, or the local form group (tablets and eye drops are not a duplicate)."""
+    return "systemic" if fact["sys"] else fact.get("form_group", "")
 
 
 def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
@@ -168,9 +201,13 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
         fact = _item_fact(item, common.get("weight"))
         if item.drug is not None:
             known.append((fact, item.drug))
-            # The other items' drugs and classes, for rules that depend on what else is prescribed.
-            others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
-            batches[f"drug:{item.drug.id}"].append({**clinical, **fact, "co": others})
+            if item.drug.monograph:
+                # The other items' drugs and classes, for rules that depend on what else is prescribed.
+                others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
+                batches[f"drug:{item.drug.id}"].append({**clinical, **fact, "co": others})
+            else:
+                # No monograph: the class rules (allergy by class) read the drug's allergy classes.
+                batches[CLASS_RULESET].append({**clinical, **fact, "akeys": list(item.drug.allergy_classes)})
         batches["global"].append({**common, **fact})
     for logical, pair in _pair_facts(rulebook, number, known):
         batches[logical].append(pair)

@@ -158,15 +158,16 @@ def _allergies(texts: list[str], rulebook: Rulebook) -> tuple[frozenset[str], di
         # The entry as written first (青霉素), then its allergens read out of the wording around them
         # (青霉素(过敏性休克), 阿莫西林皮试阳性, 头孢类、喹诺酮类过敏).
         whole = _allergens_of(text, rulebook)
-        parts = [(text, whole)] if whole is not None else [(part, _allergens_of(part, rulebook))
-                                                           for part in allergen_parts(text)]
+        named = allergen_parts(text)
+        parts = [("、".join(named) or text, whole)] if whole is not None else [
+            (part, _allergens_of(part, rulebook)) for part in named]
         for part, found in parts:
             if found is None:
                 unread.append(part)
                 continue
             for allergy_id in found:
                 ids.add(allergy_id)
-                source.setdefault(allergy_id, text)
+                source.setdefault(allergy_id, part)  # the allergen as named, without "过敏"/reaction
     return frozenset(ids), source, tuple(dict.fromkeys(unread))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler
-from rx_audit.rulebook.conditions import Gate, absent, all_of, cmp, custom_condition, eq
+from rx_audit.rulebook.conditions import Gate, absent, all_of, cmp, custom_condition, eq, none_of, one_of
 from rx_audit.rulebook.model import CompiledRule
 from rx_audit.rulebook.schema import CUSTOM_ITEM_FIELDS, CUSTOM_PRESCRIPTION_FIELDS, CustomRule, Settings
 
@@ -67,13 +67,36 @@ def compile_global_rules(
 
     # Item-level completeness, written on the prescription itself (处方书写规则).
     writing = "处方管理办法 第六条：药品用法用量应当按照药品说明书规定的常规用法用量书写"
+    # CONTRACT §1: an unknown drug is reviewed by hand; its severity is policy, per facility.
+    overrides = settings.unknown_drug_severity_by_facility
+    variants: list[tuple[str, list[str], bool]] = [(settings.unknown_drug_severity, sorted(overrides), False)]
+    for severity in sorted(set(overrides.values())):
+        variants.append((severity, sorted(f for f, s in overrides.items() if s == severity), True))
+    for severity, facilities, inside in variants:
+        scope_test = ([one_of("facility", facilities)] if inside else
+                      [{"$or": [none_of("facility", facilities), absent("facility")]}] if facilities else [])
+        compiler.add(
+            "global",
+            CompiledRule(
+                id="completeness.unknown_drug", category="completeness", severity=severity,  # type: ignore[arg-type]
+                message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
+                condition=all_of(eq("t", "item"), eq("known", 0), *scope_test), evidence_fields=("drug_text",),
+                reference="医疗机构处方审核规范（2018）第七条：信息系统不能审核的部分由药师人工审核; CONTRACT §1",
+                scope="item",
+            ),
+            variant=True,
+        )
     compiler.add(
         "global",
         CompiledRule(
-            id="completeness.unknown_drug", category="completeness", severity=settings.unknown_drug_severity,
-            message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
-            condition=all_of(eq("t", "item"), eq("known", 0)), evidence_fields=("drug_text",),
-            reference="rx_audit: 未知药品必须可见，不得静默通过", scope="item",
+            id="completeness.no_monograph", category="completeness", severity=settings.no_monograph_severity,
+            message="{drug}：规则库暂无该药的用法用量规则，剂量与适应证未审核（过敏、重复用药、相互作用已按药物类别审核）",
+            source=where,
+            condition=all_of(eq("t", "item"), eq("known", 1), eq("monograph", 0),
+                             none_of("kind", ["fluid", "supply"])),
+            evidence_fields=("drug_text",),
+            reference="医疗机构处方审核规范（2018）第七条：信息系统不能审核的部分由药师人工审核",
+            scope="item",
         ),
     )
     # Text that mixed Latin with look-alike letters was folded and audited; the pharmacist sees it.
@@ -114,7 +137,9 @@ def compile_global_rules(
             CompiledRule(
                 id=f"completeness.unusable.{unusable}", category="completeness", severity="warning",
                 message=f"药品{{drug_text}}：{label_zh}：{{raw_{unusable}}}", source=where,
-                condition=all_of(eq("t", "item"), eq("known", 1), eq(raw_field, 1), absent(fact_field)),
+                # A dose is converted only for a drug with a monograph (its unit); the others say so once.
+                condition=all_of(eq("t", "item"), eq("known", 1), eq(raw_field, 1), absent(fact_field),
+                                 *([eq("monograph", 1), eq("sys", 1)] if unusable == "dose" else [])),
                 evidence_fields=("drug_text", f"raw_{unusable}"), reference=writing, scope="item",
             ),
         )
@@ -138,7 +163,7 @@ def compile_global_rules(
             CompiledRule(
                 id=f"duration.{visit}", category="duration", severity=limit.severity,
                 message=f"{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天", source=source,
-                condition=all_of(eq("t", "item"), eq("known", 1), eq("visit", visit),
+                condition=all_of(eq("t", "item"), eq("known", 1), cmp("$neq", "kind", "supply"), eq("visit", visit),
                                *([eq("chronic", 0)] if chronic_max else []), cmp("$gt", "days", limit.max_days)),
                 evidence_fields=("days", "visit"), limits={"limit": limit.max_days}, reference=limit.source,
             ),
@@ -150,7 +175,7 @@ def compile_global_rules(
                     id=f"duration.{visit}_chronic_drug", category="duration", severity=limit.severity,
                     message=f"慢性病用药{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天",
                     source=source,
-                    condition=all_of(eq("t", "item"), eq("known", 1), eq("visit", visit), eq("chronic", 1),
+                    condition=all_of(eq("t", "item"), eq("known", 1), cmp("$neq", "kind", "supply"), eq("visit", visit), eq("chronic", 1),
                                    cmp("$gt", "days", chronic_max)),
                     evidence_fields=("days", "visit"), limits={"limit": chronic_max}, reference=limit.source,
                 ),

@@ -59,8 +59,9 @@ class Compiler:
             return None
 
     # adding rules
-    def add(self, ruleset: str, rule: CompiledRule) -> str:
-        if rule.missing_field is None:
+    def add(self, ruleset: str, rule: CompiledRule, *, variant: bool = False) -> str:
+        """Register a rule; ``variant``: one of several rules sharing an id (a policy per facility)."""
+        if rule.missing_field is None and not variant:
             if rule.id in self.rule_ids:
                 path, _, line = rule.source.rpartition(":")
                 self.errors.append(

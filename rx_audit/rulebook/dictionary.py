@@ -24,10 +24,9 @@ from pydantic import Field, field_validator
 from rx_audit.errors import RulebookError, RulebookErrors
 from rx_audit.normalise import FORM_GROUPS, ROUTES
 from rx_audit.rulebook.compiler import Compiler
-from rx_audit.rulebook.loader import iter_yaml
 from rx_audit.rulebook.names import normalise_name
 from rx_audit.rulebook.schema import Spec
-from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, load_yaml
+from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, iter_yaml, load_yaml
 
 Kind = Literal["chemical", "biological", "tcm", "fluid", "supply"]
 Control = Literal["narcotic", "psychotropic_1", "psychotropic_2", "toxic", "radioactive", "precursor"]

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from rx_audit.errors import RulebookError, RulebookErrors
+from rx_audit.rulebook.compile_classes import compile_class_rules
 from rx_audit.rulebook.compile_drug import compile_drug
 from rx_audit.rulebook.compile_global import compile_global_rules
 from rx_audit.rulebook.compile_pairs import compile_pairs
 from rx_audit.rulebook.compiler import Compiler, shard
 from rx_audit.rulebook.conditions import branches
+from rx_audit.rulebook.dictionary import load_dictionary
 from rx_audit.rulebook.limits import MAX_BRANCHES_PER_RULE, MAX_LIST_TESTS_PER_FACT, MAX_RULES_PER_RULESET
 from rx_audit.rulebook.model import Drug, Rulebook, RuleExample
 from rx_audit.rulebook.names import normalise_name
@@ -34,16 +36,11 @@ from rx_audit.rulebook.schema import (
     InteractionSpec,
     Settings,
 )
-from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, load_yaml, strip_lines
+from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, iter_yaml, load_yaml, strip_lines
 
 SETTINGS_FILE = "rulebook.yaml"
 DICTIONARY_DIR = "dictionary"  # the drug dictionary has its own loader (rx_audit.rulebook.dictionary)
 _SECTIONS = {"classes", "allergy_classes", "interactions", "duplicates", "custom"}
-
-
-def iter_yaml(directory: Path) -> Iterator[Path]:
-    yield from sorted(p for p in directory.rglob("*.yaml") if p.is_file())
-    yield from sorted(p for p in directory.rglob("*.yml") if p.is_file())
 
 
 def rulebook_hash(root: Path) -> str:
@@ -199,6 +196,48 @@ def _read_drugs(compiler: Compiler, sections: Sections) -> tuple[dict[str, Drug]
     return drugs, names, drug_specs
 
 
+def _add_dictionary(compiler: Compiler, root: Path, sections: Sections, drugs: dict[str, Drug],
+                    names: dict[str, str]) -> None:
+    """Every dictionary entry becomes a drug the class rules reach; a monograph keeps its own facts.
+
+    Names: a monograph's names come first; a dictionary name another drug already has stays with
+    that drug (reported as a warning), and a name two entries share maps to neither (unknown is
+    said, never guessed).
+    """
+    directory = root / DICTIONARY_DIR
+    if not directory.is_dir():
+        return
+    try:
+        dictionary = load_dictionary(directory, classes=set(sections.classes),
+                                     allergy_classes=set(sections.allergy_specs))
+    except RulebookErrors as error:
+        compiler.errors.extend(error.errors)
+        return
+    for entry in dictionary.entries.values():
+        drug = drugs.get(entry.id)
+        facts = {"kind": entry.kind, "ingredients": tuple(entry.ingredients) or (entry.id,),
+                 "antibacterial_tier": entry.antibacterial_tier, "control": tuple(entry.control),
+                 "high_alert": entry.high_alert, "essential": entry.essential}
+        if drug is not None:
+            for key, value in facts.items():
+                setattr(drug, key, value)
+            continue
+        path, _, line = dictionary.where[entry.id].rpartition(":")
+        propagating = (name for name in entry.allergy_classes
+                       if name in sections.allergy_specs and sections.allergy_specs[name].propagate)
+        drugs[entry.id] = Drug(
+            id=entry.id, name=entry.name, names=[*([entry.inn] if entry.inn else []), *entry.salts, *entry.names],
+            atc=entry.atc, classes=entry.classes, allergy_classes=entry.allergy_classes, unit="", chronic=entry.chronic,
+            forms=entry.forms, source=entry.source, path=path, line=int(line),
+            allergy_implied=(entry.id, *propagating), monograph=False, **facts,  # type: ignore[arg-type]
+        )
+    for name, entry_id in dictionary.names.items():
+        owner = names.setdefault(name, entry_id)
+        if owner != entry_id and entry_id not in {owner}:
+            compiler.warnings.append(f"{dictionary.where[entry_id]}: name {name!r} of {entry_id} is already "
+                                     f"{owner}'s; kept for {owner}")
+
+
 def _check_also_by(compiler: Compiler, drug_specs: list[tuple[Path, DrugFile, Drug]], drugs: dict[str, Drug],
                    sections: Sections) -> None:
     for path, spec, _drug in drug_specs:
@@ -243,6 +282,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
     compiler = Compiler(root)
     sections = _sort_sections(compiler, root, _read_files(compiler, root))
     drugs, names, drug_specs = _read_drugs(compiler, sections)
+    _add_dictionary(compiler, root, sections, drugs, names)
 
     _check_also_by(compiler, drug_specs, drugs, sections)
     examples: list[RuleExample] = []
@@ -252,6 +292,8 @@ def load_rulebook(root: str | Path) -> Rulebook:
                         for number, example in enumerate(spec.examples, start=1))
     partners = compile_pairs(compiler, sections.interactions, sections.duplicates, drugs, sections.classes)
     compile_global_rules(compiler, sections.settings, sections.settings_path, sections.custom)
+    compile_class_rules(compiler, sections.allergy_specs, sections.allergy_path,
+                        compiler.where(sections.settings_path, sections.settings.line or 1))
     for kind, entries in (("interaction", sections.interactions), ("duplicate", sections.duplicates),
                           ("custom", sections.custom)):
         for path, entry in entries:

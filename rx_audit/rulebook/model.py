@@ -57,6 +57,14 @@ class Drug:
     line: int
     # What an allergy written as this drug's name means: the drug and its propagating classes.
     allergy_implied: tuple[str, ...] = ()
+    # From the drug dictionary: a drug without a monograph is still audited by every class rule.
+    monograph: bool = True
+    kind: str = "chemical"  # chemical | biological | tcm | fluid | supply
+    ingredients: tuple[str, ...] = ()  # active ingredients by id (a single-ingredient drug: itself)
+    antibacterial_tier: str | None = None
+    control: tuple[str, ...] = ()
+    high_alert: bool = False
+    essential: bool = False
 
 
 @dataclass
@@ -125,17 +133,22 @@ class Rulebook:
                 fields[logical].update(rule.evidence_fields)
         return {name: frozenset(value) for name, value in fields.items()}
 
-    def list_vocabulary(self, list_field: str) -> dict[str, frozenset[str]]:
+    def list_vocabulary(self, list_field: str) -> dict[str, frozenset[str] | None]:
         """Per logical ruleset, the values its rules look for in a list field (``dx``, ``allergies``).
 
         A fact need carry no other values: they cannot change any test of that ruleset, and
         durable_rules' cost grows with every list entry it walks.
         """
         found: dict[str, set[str]] = defaultdict(set)
+        dynamic: set[str] = set()
         for name, rule_names in self.rulesets.items():
+            logical = name.split("#", 1)[0]
             for rule_name in rule_names:
-                found[name.split("#", 1)[0]].update(_list_values(self.rules[rule_name].condition, list_field))
-        return {name: frozenset(values) for name, values in found.items()}
+                values = _list_values(self.rules[rule_name].condition, list_field)
+                found[logical].update(value for value in values if value != _DYNAMIC)
+                if _DYNAMIC in values:
+                    dynamic.add(logical)  # compared with a field of the fact: every value may matter
+        return {name: None if name in dynamic else frozenset(values) for name, values in found.items()}
 
     def ruleset_definitions(self) -> dict[str, dict[str, Any]]:
         """The JSON definitions handed to durable_rules, one per (sharded) ruleset."""
@@ -164,12 +177,17 @@ def _list_values(condition: Any, list_field: str) -> set[str]:
     return found
 
 
+_DYNAMIC = "\0dynamic"
+
+
 def _item_values(test: Any) -> set[str]:
     if isinstance(test, list):
         return {v for part in test for v in _item_values(part)}
     if isinstance(test, dict):
         if "$i" in test and isinstance(test["$i"], str):
             return {test["$i"]}
+        if "$i" in test and isinstance(test["$i"], dict) and "$m" in test["$i"]:
+            return {_DYNAMIC}
         return {v for value in test.values() for v in _item_values(value)}
     return set()
 

@@ -364,6 +364,9 @@ class Settings(Spec):
     # CONTRACT §1: a drug the rulebook cannot resolve is reviewed by hand (医疗机构处方审核规范):
     # warning by default, so it is held; a hospital may lower it to info.
     unknown_drug_severity: SeverityName = "warning"
+    unknown_drug_severity_by_facility: dict[str, SeverityName] = Field(default_factory=dict)
+    # A dictionary drug without a monograph: its dose and indication were not checked.
+    no_monograph_severity: SeverityName = "info"
     # An allergen the rulebook cannot read (not a drug, class or known food/environment allergen):
     # said, so the pharmacist checks it by hand; info by default, since most such text names
     # something unrelated to the prescription.

@@ -6,7 +6,7 @@ cannot read, anchors and aliases, and oversized files are refused at file:line.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,7 @@ def line_of(raw: Any, loc: Iterable[Any]) -> int | None:
     return line
 
 
+def iter_yaml(directory: Path) -> Iterator[Path]:
+    """Every rule file under ``directory``, in a stable order."""
+    yield from sorted(p for p in directory.rglob("*.yaml") if p.is_file())
+    yield from sorted(p for p in directory.rglob("*.yml") if p.is_file())
