@@ -16,6 +16,8 @@ from rx_audit.contract import (
     parse_prescription,
 )
 from rx_audit.engine import Auditor
+from rx_audit.engine.check import CheckReport, check_rulebook
+from rx_audit.engine.selftest import ExampleOutcome, run_examples
 from rx_audit.errors import (
     EngineError,
     NotFoundError,
@@ -28,10 +30,35 @@ from rx_audit.errors import (
 )
 from rx_audit.io import iter_records
 from rx_audit.rulebook import Rulebook, load_rulebook
+from rx_audit.rulebook.views import DrugInfo, RuleInfo, drug_infos, rule_infos, rules_of
+
+__version__ = "0.2.0"
+
+# The review queue needs the database stack (extra `queue`); it is imported on first use, so an HIS
+# that only audits never loads SQLAlchemy.
+_QUEUE_NAMES = frozenset({"ReviewQueue", "ReviewItem", "ReviewDetail", "Decision", "TrailEntry", "SearchHit",
+                          "Reason", "Submission", "VerifyResult", "migrate"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _QUEUE_NAMES:
+        from rx_audit import queue
+
+        return getattr(queue, name)
+    raise AttributeError(f"module 'rx_audit' has no attribute {name!r}")
 
 __all__ = [
     "AuditResult",
     "Auditor",
+    "CheckReport",
+    "DrugInfo",
+    "ExampleOutcome",
+    "RuleInfo",
+    "check_rulebook",
+    "drug_infos",
+    "rule_infos",
+    "rules_of",
+    "run_examples",
     "Category",
     "EngineError",
     "Finding",
@@ -49,4 +76,5 @@ __all__ = [
     "iter_records",
     "load_rulebook",
     "parse_prescription",
+    *sorted(_QUEUE_NAMES),
 ]
