@@ -175,8 +175,8 @@ def compile_global_rules(
                     id=f"duration.{visit}_chronic_drug", category="duration", severity=limit.severity,
                     message=f"慢性病用药{{drug}}处方天数 {{days}} 天超过{_VISIT_ZH[visit]}限制 {{limit}} 天",
                     source=source,
-                    condition=all_of(eq("t", "item"), eq("known", 1), cmp("$neq", "kind", "supply"), eq("visit", visit), eq("chronic", 1),
-                                   cmp("$gt", "days", chronic_max)),
+                    condition=all_of(eq("t", "item"), eq("known", 1), cmp("$neq", "kind", "supply"),
+                                     eq("visit", visit), eq("chronic", 1), cmp("$gt", "days", chronic_max)),
                     evidence_fields=("days", "visit"), limits={"limit": chronic_max}, reference=limit.source,
                 ),
             )
