@@ -76,6 +76,8 @@ class Category(StrEnum):
     contraindication = "contraindication"
     duration = "duration"
     completeness = "completeness"
+    legality = "legality"
+    formulary = "formulary"
 
     @property
     def label_zh(self) -> str:
@@ -91,6 +93,8 @@ CATEGORY_LABELS_ZH = {
     "contraindication": "用药禁忌",
     "duration": "处方用量/天数不适宜",
     "completeness": "规范性",
+    "legality": "合法性",
+    "formulary": "目录外用药",
 }
 
 
@@ -103,6 +107,8 @@ class Facility(_Open):
 class Prescriber(_Open):
     id: str | None = None
     name: str | None = None
+    title: str | None = None  # 医师职称 (CONTRACT §1): 住院医师 … 主任医师, 乡村医生, or the English words
+    privileges: list[str] | None = None  # rights the hospital granted: antibacterial_special, narcotic, …
 
 
 class Patient(_Open):

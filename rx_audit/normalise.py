@@ -232,3 +232,55 @@ def icd_prefixes(code: str) -> tuple[str, ...]:
     """Every prefix of a normalised code a rule can name: ``'E11900'`` → E, E1, E11, E119, E1190, E11900."""
     normalised = normalise_icd(code)
     return tuple(normalised[:length] for length in range(1, len(normalised) + 1))
+
+
+# --- prescriber title (CONTRACT §1) --------------------------------------------------------
+
+TITLES = ("village_doctor", "resident", "attending", "associate_chief", "chief")
+_TITLE_ALIASES = {
+    "乡村医生": "village_doctor", "村医": "village_doctor", "乡村医师": "village_doctor",
+    "住院医师": "resident", "医师": "resident", "执业医师": "resident", "执业助理医师": "resident",
+    "主治医师": "attending", "主治": "attending",
+    "副主任医师": "associate_chief", "副主任": "associate_chief",
+    "主任医师": "chief", "主任": "chief",
+    "village doctor": "village_doctor", "associate chief": "associate_chief",
+}
+
+
+def normalise_title(text: str) -> str | None:
+    """``'主治医师'``, ``'attending'`` → ``'attending'``; unknown titles give ``None``."""
+    cleaned = unicodedata.normalize("NFKC", text).strip().lower().replace("-", "_")
+    if cleaned in TITLES:
+        return cleaned
+    return _TITLE_ALIASES.get(cleaned) or _TITLE_ALIASES.get(cleaned.replace("_", " "))
+
+
+# --- quantity dispensed --------------------------------------------------------------------
+
+
+def supply_days(
+    quantity: tuple[float, str], dose: tuple[float, str], strength: tuple[float, str] | None, times_per_day: float
+) -> float | None:
+    """Days the dispensed quantity lasts at the written dose: 90 片, 1 片 tid → 30; 90 片 of 500 mg at
+    1 g bid → 22.5; 100 mL of 125 mg/5 mL at 250 mg tid → 3.3. ``None`` when the units do not meet
+    (a box, 盒, of unknown size)."""
+    amount, unit = quantity
+    value, dose_unit = dose
+    if value <= 0 or times_per_day <= 0:
+        return None
+    per_day = value * times_per_day
+    unit_c, dose_c = canonical_unit(unit), canonical_unit(dose_unit)
+    if unit_c == dose_c:
+        return amount / per_day
+    if unit_c in COUNT_UNITS and dose_c in COUNT_UNITS:
+        return None  # 片 against 粒, or a pack: not the same thing
+    # The quantity in the dose's unit, through the strength where one side counts the form.
+    in_dose_unit = dose_in_unit(amount, unit, dose_c, strength)
+    if in_dose_unit is None and dose_c in COUNT_UNITS and strength is not None:
+        # 2 片 a dose, 1 g dispensed: the dose in mass through the strength instead.
+        dose_mass = dose_in_unit(value, dose_unit, canonical_unit(parse_strength(*strength).unit), strength)
+        total = dose_in_unit(amount, unit, canonical_unit(parse_strength(*strength).unit), None)
+        if dose_mass is None or total is None or dose_mass <= 0:
+            return None
+        return total / (dose_mass * times_per_day)
+    return None if in_dose_unit is None else in_dose_unit / per_day

@@ -57,6 +57,9 @@ def prescription(rng: random.Random, rulebook: Rulebook, number: int, *, messy: 
             strength = max(scale / 2, 1)
             item["strength"] = {"value": strength, "unit": "mg"}
             item["dose"] = {"value": rng.choice([0.5, 1, 2, 3]), "unit": "片"}
+        if rng.random() < 0.3:  # the amount dispensed, in the form's count or (rarely) in boxes
+            item["quantity"] = {"value": rng.choice([6, 10, 21, 30, 60, 90, 180, 360]),
+                                "unit": rng.choice([item["dose"]["unit"], "片", "盒"])}
         if messy and rng.random() < 0.05:
             del item["frequency"]
         if messy and rng.random() < 0.03:
@@ -102,7 +105,13 @@ def prescription(rng: random.Random, rulebook: Rulebook, number: int, *, messy: 
         "issued_at": "2025-03-26T10:15:00+08:00",
         "visit_type": rng.choice(["outpatient", "outpatient", "outpatient", "emergency", "chronic", "inpatient"]),
         "facility": {"id": "F1", "name": "测试乡镇卫生院", "level": rng.choice(["township", "village", "county"])},
-        "prescriber": {"id": f"D{rng.randint(1, 20)}"},
+        "prescriber": {
+            "id": f"D{rng.randint(1, 20)}",
+            **({"title": rng.choice(["乡村医生", "住院医师", "主治医师", "副主任医师", "主任医师", "attending",
+                                     "医士"])} if rng.random() < 0.7 else {}),
+            **({"privileges": rng.sample(["antibacterial_restricted", "antibacterial_special", "narcotic",
+                                          "psychotropic_1"], rng.randint(0, 2))} if rng.random() < 0.5 else {}),
+        },
         "department": rng.choice(["全科", "内科", "儿科", "急诊"]),
         "patient": patient,
         "diagnoses": [{"code": code} for code in codes],

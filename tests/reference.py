@@ -8,6 +8,7 @@ forms, routes, ICD codes) is shared with the engine: it has its own property tes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from rx_audit.models import Prescription
+from rx_audit.normalise import normalise_title, supply_days
 from rx_audit.rulebook import normalise_name
 from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, candidates
 from rx_audit.units import (
@@ -36,6 +38,7 @@ class ReferenceRulebook:
     interactions: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     custom: list[dict[str, Any]] = field(default_factory=list)
+    class_rules: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,6 +58,7 @@ def load(root: Path) -> ReferenceRulebook:
         book.interactions.extend(data.get("interactions") or [])
         book.duplicates.extend(data.get("duplicates") or [])
         book.custom.extend(data.get("custom") or [])
+        book.class_rules.extend(data.get("class_rules") or [])
         if "settings" in data:
             book.settings = data["settings"]
     _load_dictionary(root, book)
@@ -69,7 +73,9 @@ def _load_dictionary(root: Path, book: ReferenceRulebook) -> None:
     owners: dict[str, set[str]] = {}
     for path in sorted((root / "dictionary").glob("*.yaml")):
         for entry in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("dictionary") or []:
-            info = {"kind": entry.get("kind", "chemical"), "ingredients": entry.get("ingredients") or [entry["id"]]}
+            info = {"kind": entry.get("kind", "chemical"), "ingredients": entry.get("ingredients") or [entry["id"]],
+                    "control": entry.get("control") or [], "tier": entry.get("antibacterial_tier"),
+                    "dictionary_classes": entry.get("classes") or []}
             if entry["id"] in book.drugs:
                 book.drugs[entry["id"]].update(info)
             else:
@@ -325,6 +331,76 @@ def _duration(item: Item, spec: dict[str, Any], prescription: Prescription, book
             expected.fired.add((f"duration.{prescription.visit_type}", item.id))
 
 
+def _population_rules(item: Item, raw: Any, spec: dict[str, Any], patient: Patient, book: ReferenceRulebook,
+                      expected: Expected) -> None:
+    """`class_rules:`: a class (or control) of the drug, the population in `when`."""
+    keys = {*spec["drug"].get("classes", []), *spec.get("dictionary_classes", []),
+            *(f"control:{c}" for c in spec.get("control", []))}
+    for rule in book.class_rules:
+        wanted = {*rule.get("classes", []), *(f"control:{c}" for c in rule.get("control", []))}
+        if not keys & wanted or keys & set(rule.get("except_classes", [])):
+            continue
+        if rule.get("applies_to", "no_monograph") == "no_monograph" and spec.get("monograph", True):
+            continue
+        if rule.get("systemic") and not item.systemic:
+            continue
+        when = rule.get("when", {})
+        for missing in undecidable_patient_fields(when, patient, item) | undecidable_item_fields(when, patient, item):
+            expected.undecidable.add((item.id, missing))
+        if condition_holds(when, patient, item) is True:
+            expected.fired.add((f"class.{rule['id']}", item.id))
+
+
+_TIER = {"unrestricted": 1, "restricted": 2, "special": 3}
+_GRANTED = {"antibacterial_restricted": 2, "antibacterial_special": 3}
+
+
+def _legality(item: Item, spec: dict[str, Any], prescription: Prescription, book: ReferenceRulebook,
+              expected: Expected) -> None:
+    policy = book.settings.get("privileges")
+    if not policy:
+        return
+    prescriber = prescription.prescriber
+    title = normalise_title(prescriber.title) if prescriber.title else None
+    ranks = [_GRANTED[p] for p in prescriber.privileges or [] if p in _GRANTED]
+    if title in policy.get("antibacterial_tier_by_title", {}):
+        ranks.append(_TIER[policy["antibacterial_tier_by_title"][title]])
+    tier = spec.get("tier")
+    if tier and ranks and _TIER[tier] > max(ranks):
+        expected.fired.add(("legality.antibacterial_tier", item.id))
+    if prescriber.privileges is not None:
+        for control in ("narcotic", "psychotropic_1"):
+            if control in spec.get("control", []) and control not in prescriber.privileges:
+                expected.fired.add((f"legality.{control}", item.id))
+
+
+def _quantity(item: Item, raw: Any, spec: dict[str, Any], prescription: Prescription, book: ReferenceRulebook,
+              expected: Expected) -> None:
+    policy = book.settings.get("quantity")
+    if not policy or spec.get("kind") == "supply" or raw.quantity is None or raw.dose is None:
+        return
+    if item.freq is None or item.freq in ("prn", "st"):
+        return
+    strength = (raw.strength.value, raw.strength.unit) if raw.strength else None
+    days = supply_days((raw.quantity.value, raw.quantity.unit), (raw.dose.value, raw.dose.unit), strength,
+                       TIMES_PER_DAY[item.freq])
+    if days is None or not math.isfinite(days) or days >= 1e15:
+        return
+    days = round(days, 2)
+    if item.days is not None:
+        tolerated = round(item.days * policy.get("tolerance_ratio", 1.25) + policy.get("tolerance_days", 3), 2)
+        if days > tolerated:
+            expected.fired.add(("duration.quantity_vs_days", item.id))
+    limit = (book.settings.get("duration") or {}).get(prescription.visit_type)
+    if limit:
+        chronic_max = limit.get("chronic_drug_max_days")
+        chronic = bool(spec["drug"].get("chronic"))
+        maximum = chronic_max if chronic_max and chronic else limit["max_days"]
+        if days > maximum and (item.days is None or item.days <= maximum):
+            suffix = "_chronic_drug" if chronic_max and chronic else ""
+            expected.fired.add((f"duration.quantity.{prescription.visit_type}{suffix}", item.id))
+
+
 def _class_rules(item: Item, drug: dict[str, Any], patient: Patient, book: ReferenceRulebook,
                  expected: Expected) -> None:
     """A dictionary drug without a monograph: allergy to the drug, to its classes, cross-reactivity."""
@@ -374,6 +450,9 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
         spec = book.drugs[item.drug]
         drug = spec["drug"]
         prefix = item.drug
+        _population_rules(item, raw, spec, patient, book, expected)
+        _legality(item, spec, prescription, book, expected)
+        _quantity(item, raw, spec, prescription, book, expected)
         if not spec.get("monograph", True):
             _class_rules(item, drug, patient, book, expected)
             _duration(item, spec, prescription, book, expected)

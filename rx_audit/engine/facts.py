@@ -21,6 +21,10 @@ from rx_audit.rulebook.compile_classes import CLASS_RULESET, INGREDIENT_KEY
 
 _FACT_NUMBERS = itertools.count(1)
 _LARGEST = 1e15
+TIER_RANK = {"unrestricted": 1, "restricted": 2, "special": 3}
+TIER_ZH = {"unrestricted": "非限制使用级", "restricted": "限制使用级", "special": "特殊使用级"}
+# Rights a hospital grants beyond the title (CONTRACT §1 prescriber.privileges).
+_PRIVILEGE_TIER = {"antibacterial_restricted": 2, "antibacterial_special": 3}
 
 
 @dataclass
@@ -51,7 +55,7 @@ def _put(fact: dict[str, Any], key: str, value: Any) -> None:
         fact[key] = value
 
 
-def _common(resolved: ResolvedPrescription, number: int) -> dict[str, Any]:
+def _common(resolved: ResolvedPrescription, number: int, rulebook: Rulebook) -> dict[str, Any]:
     """Scalars every ruleset may read (custom rules included)."""
     prescription = resolved.prescription
     common: dict[str, Any] = {"n": number, "visit": prescription.visit_type}
@@ -66,10 +70,25 @@ def _common(resolved: ResolvedPrescription, number: int) -> dict[str, Any]:
                       ("prescriber", prescription.prescriber.id)):
         _put(common, key, text)
     common["dx_count"] = len(resolved.dx_codes)
+    _privileges(common, resolved, rulebook)
     return common
 
 
-def _item_fact(item: ResolvedItem, weight: float | None) -> dict[str, Any]:
+def _privileges(common: dict[str, Any], resolved: ResolvedPrescription, rulebook: Rulebook) -> None:
+    """The antibacterial tier the prescriber may prescribe (title, then granted rights) and the rights."""
+    _put(common, "title_text", resolved.title_text)
+    policy = rulebook.settings.privileges
+    ranks = [_PRIVILEGE_TIER[p] for p in resolved.privileges or () if p in _PRIVILEGE_TIER]
+    if policy is not None and resolved.title is not None and resolved.title in policy.antibacterial_tier_by_title:
+        ranks.append(TIER_RANK[policy.antibacterial_tier_by_title[resolved.title]])  # type: ignore[index]
+    if ranks:
+        common["tier_allowed"] = max(ranks)
+    common["privileges_recorded"] = int(resolved.privileges is not None)
+    # "-" keeps the list non-empty: durable's allItems is false on an empty list.
+    common["privileges"] = [*(resolved.privileges or ()), "-"]
+
+
+def _item_fact(item: ResolvedItem, weight: float | None, rulebook: Rulebook) -> dict[str, Any]:
     fact: dict[str, Any] = {
         "t": "item", "item": item.id, "drug_text": item.drug_text, "known": int(item.drug is not None),
         "has_dose": int(item.has_dose), "has_freq": int(item.has_freq), "has_route": int(item.has_route),
@@ -89,6 +108,12 @@ def _item_fact(item: ResolvedItem, weight: float | None) -> dict[str, Any]:
     fact["chronic"] = int(item.drug.chronic)
     fact["monograph"] = int(item.drug.monograph)
     fact["kind"] = item.drug.kind
+    if item.drug.antibacterial_tier:
+        fact["tier_rank"] = TIER_RANK[item.drug.antibacterial_tier]
+        fact["tier"] = TIER_ZH[item.drug.antibacterial_tier]
+    if item.drug.control:
+        fact["controls"] = list(item.drug.control)
+    _quantity(fact, item, rulebook)
     dose = durable_number(item.dose)
     if dose is not None:
         fact["dose"] = dose
@@ -98,6 +123,19 @@ def _item_fact(item: ResolvedItem, weight: float | None) -> dict[str, Any]:
             if "daily" in fact:
                 _put(fact, "daily_per_kg", durable_number(fact["daily"] / weight))
     return fact
+
+
+def _quantity(fact: dict[str, Any], item: ResolvedItem, rulebook: Rulebook) -> None:
+    """Days the quantity lasts, and how many days of it the written days tolerate (pack rounding)."""
+    policy = rulebook.settings.quantity
+    if policy is None:
+        return
+    if item.quantity_unusable:
+        fact["qty_unusable"] = 1
+    _put(fact, "supply_days", durable_number(round(item.supply_days, 2)) if item.supply_days is not None else None)
+    if item.days is not None:
+        tolerated = item.days * policy.tolerance_ratio + policy.tolerance_days
+        _put(fact, "days_tolerated", durable_number(round(tolerated, 2)))
 
 
 def may_pair(rulebook: Rulebook, first: Drug, second: Drug) -> bool:
@@ -182,7 +220,7 @@ def fact_local(fact: dict[str, Any]) -> str:
 def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
     """Every fact one prescription asserts, by the logical ruleset it goes to."""
     number = next(_FACT_NUMBERS)
-    common = _common(resolved, number)
+    common = _common(resolved, number, rulebook)
     batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
     rx_fact = {"t": "rx", **common, "item_count": len(resolved.items),
                "allergies_recorded": int(resolved.allergies_recorded)}
@@ -198,16 +236,19 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
     known: list[tuple[dict[str, Any], Drug]] = []
     keys_of = [rulebook.pair_keys[item.drug.id] if item.drug is not None else [] for item in resolved.items]
     for position, item in enumerate(resolved.items):
-        fact = _item_fact(item, common.get("weight"))
+        fact = _item_fact(item, common.get("weight"), rulebook)
         if item.drug is not None:
             known.append((fact, item.drug))
             if item.drug.monograph:
                 # The other items' drugs and classes, for rules that depend on what else is prescribed.
                 others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
                 batches[f"drug:{item.drug.id}"].append({**clinical, **fact, "co": others})
-            else:
-                # No monograph: the class rules (allergy by class) read the drug's allergy classes.
-                batches[CLASS_RULESET].append({**clinical, **fact, "akeys": list(item.drug.allergy_classes)})
+            # The class rules (allergy and population by class, 长期处方 exclusions) read the drug's
+            # classes, control classes and allergy classes.
+            classes = [*item.drug.classes, *item.drug.dictionary_classes,
+                       *(f"control:{c}" for c in item.drug.control)]
+            batches[CLASS_RULESET].append({**clinical, **fact, "akeys": list(item.drug.allergy_classes),
+                                           "ckeys": classes})
         batches["global"].append({**common, **fact})
     for logical, pair in _pair_facts(rulebook, number, known):
         batches[logical].append(pair)

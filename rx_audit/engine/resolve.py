@@ -22,6 +22,8 @@ from rx_audit.normalise import (
     normalise_frequency,
     normalise_icd,
     normalise_route,
+    normalise_title,
+    supply_days,
 )
 from rx_audit.rulebook import Drug, Rulebook, normalise_name
 from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts
@@ -59,6 +61,8 @@ class ResolvedItem:
     days: float | None = None
     systemic: bool = True
     mixed_text: tuple[str, ...] = ()  # fields of this item whose text mixed scripts
+    supply_days: float | None = None  # how long the quantity dispensed lasts at the written dose
+    quantity_unusable: bool = False  # a quantity was written but its unit does not meet the dose's
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class ResolvedPrescription:
     allergies_recorded: bool
     items: tuple[ResolvedItem, ...]
     mixed_text: tuple[str, ...] = ()  # prescription-level fields whose text mixed scripts
+    title: str | None = None  # the prescriber's title, normalised (village_doctor … chief)
+    title_text: str | None = None  # as written
+    privileges: tuple[str, ...] | None = None  # None: the HIS sent none
 
 
 @lru_cache(maxsize=4096)
@@ -118,6 +125,14 @@ def _dose(item: Item, drug: Drug | None) -> tuple[float | None, str | None]:
     return (converted, None) if converted is not None else (None, _written_dose(item))
 
 
+def _supply(item: Item, freq: str | None, times: float | None) -> tuple[float | None, bool]:
+    if item.quantity is None or item.dose is None or times is None or freq in ("prn", "st"):
+        return None, False
+    strength = (item.strength.value, item.strength.unit) if item.strength else None
+    days = supply_days((item.quantity.value, item.quantity.unit), (item.dose.value, item.dose.unit), strength, times)
+    return days, days is None
+
+
 def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = ()) -> ResolvedItem:
     drug = rulebook.drug_for(item.drug, item.atc)
     form = _form(item.form) if item.form else None
@@ -125,6 +140,7 @@ def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = ()) ->
     freq = _frequency(item.frequency) if item.frequency else None
     times = TIMES_PER_DAY[freq] if freq is not None else None
     dose, raw_dose = _dose(item, drug)
+    supply, quantity_unusable = _supply(item, freq, times)
     return ResolvedItem(
         id=str(item.id), drug_text=item.drug, drug=drug,
         has_dose=item.dose is not None, has_freq=bool(item.frequency), has_route=bool(item.route),
@@ -135,6 +151,7 @@ def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = ()) ->
         freq=freq, raw_freq=item.frequency if item.frequency and freq is None else None, times_per_day=times,
         dose=dose, raw_dose=raw_dose, daily=dose * times if dose is not None and times is not None else None,
         days=item.days, systemic=systemic(form[0] if form else None, route), mixed_text=mixed,
+        supply_days=supply, quantity_unusable=quantity_unusable,
     )
 
 
@@ -204,4 +221,8 @@ def resolve(prescription: Prescription, rulebook: Rulebook) -> ResolvedPrescript
         items=tuple(resolve_item(item, rulebook, tuple(mixed.get(position, ())))
                     for position, item in enumerate(prescription.items)),
         mixed_text=tuple(mixed.get(None, ())),
+        title=normalise_title(prescription.prescriber.title) if prescription.prescriber.title else None,
+        title_text=prescription.prescriber.title,
+        privileges=tuple(prescription.prescriber.privileges) if prescription.prescriber.privileges is not None
+        else None,
     )

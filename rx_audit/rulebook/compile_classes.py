@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rx_audit.rulebook.compiler import Compiler
-from rx_audit.rulebook.conditions import all_of, eq
+from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler
+from rx_audit.rulebook.conditions import all_of, eq, gate_of, list_lacks
 from rx_audit.rulebook.model import CompiledRule
-from rx_audit.rulebook.schema import AllergyClassSpec
+from rx_audit.rulebook.schema import AllergyClassSpec, ClassRule
 
 CLASS_RULESET = "classes"
 INGREDIENT_KEY = "ing"
@@ -75,3 +75,37 @@ def compile_class_rules(
             reference="医疗机构处方审核规范（2018）第十五条：是否有重复给药（含复方制剂中的相同成分）", scope="pair",
         ),
     )
+
+
+def compile_population_rules(compiler: Compiler, rules: list[tuple[Path, ClassRule]], classes: set[str]) -> None:
+    """Rules over classes (`class_rules:`): a gate on the patient and the item like a monograph's
+    contraindication (with its missing-data twins), plus "the drug is in one of these classes"."""
+    for path, rule in rules:
+        for name in [*rule.classes, *rule.except_classes]:
+            if name not in classes:
+                compiler.error(f"class rule {rule.id}: unknown class {name!r}", path, rule.line)
+        compiler.check_message(rule.message, ITEM_PLACEHOLDERS, path, rule.line)
+        keys = [*rule.classes, *(f"control:{name}" for name in rule.control)]
+        gate = gate_of(rule.when)
+        selects = [eq("t", "item"), {"$or": [_has("ckeys", key) for key in keys]} if len(keys) > 1
+                   else _has("ckeys", keys[0])]
+        if rule.except_classes:
+            selects.append(list_lacks("ckeys", rule.except_classes))
+        if rule.applies_to == "no_monograph":
+            selects.append(eq("monograph", 0))
+        if rule.systemic:
+            selects.append(eq("sys", 1))
+        if rule.when.pregnant or rule.when.lactating:
+            gate.add("sex", eq("sex", "F"))
+        gate.tests = {"drug": selects, **gate.tests}
+        compiler.add_with_twins(
+            CLASS_RULESET,
+            CompiledRule(
+                id=f"class.{rule.id}", category=rule.category, severity=rule.severity, message=rule.message,
+                source=compiler.where(path, rule.line), condition={},
+                evidence_fields=tuple(name for name in gate.fields() if name != "drug"),
+                reference=rule.source, drug=f"class.{rule.id}", scope="item",
+            ),
+            gate,
+            {},
+        )

@@ -123,8 +123,10 @@ def compile_global_rules(
             CompiledRule(
                 id=f"completeness.missing.{raw_field.removeprefix('has_')}", category="completeness",
                 severity="warning", message=f"药品{{drug_text}}未写{label_zh}", source=where,
-                condition=all_of(eq("t", "item"), eq(raw_field, 0)), evidence_fields=("drug_text",),
-                reference=writing, scope="item",
+                # An inpatient order (医嘱) has no days of supply: not a 规范性 problem there.
+                condition=all_of(eq("t", "item"), eq(raw_field, 0),
+                                 *([cmp("$neq", "visit", "inpatient")] if raw_field == "has_days" else [])),
+                evidence_fields=("drug_text",), reference=writing, scope="item",
             ),
         )
     for unusable, label_zh, raw_field in (("dose", "剂量单位无法换算（缺少规格或单位不识别）", "has_dose"),
@@ -181,6 +183,11 @@ def compile_global_rules(
                 ),
             )
 
+    if settings.privileges is not None:
+        _legality_rules(compiler, settings, settings_path)
+    if settings.quantity is not None:
+        _quantity_rules(compiler, settings, settings_path)
+
     # Hospital custom rules.
     for path, spec in custom:
         compiler.check_message(spec.message, ITEM_PLACEHOLDERS | CUSTOM_PRESCRIPTION_FIELDS | CUSTOM_ITEM_FIELDS,
@@ -206,3 +213,83 @@ def compile_global_rules(
 
 
 _VISIT_ZH = {"outpatient": "门诊", "emergency": "急诊", "inpatient": "住院", "chronic": "长期处方"}
+
+
+def _legality_rules(compiler: Compiler, settings: Settings, settings_path: Path) -> None:
+    """合法性 (CONTRACT category legality): the antibacterial tier against the prescriber's title and
+    granted rights; 麻醉药品 and 第一类精神药品 only with the right to prescribe them."""
+    policy = settings.privileges
+    assert policy is not None
+    source = compiler.where(settings_path, policy.line)
+    item = [eq("t", "item"), eq("known", 1)]
+    compiler.add("global", CompiledRule(
+        id="legality.antibacterial_tier", category="legality", severity=policy.antibacterial_severity,
+        message="{drug}为{tier}抗菌药物，处方医师（{title_text}）无该级处方权；紧急情况越级使用限1日用量并须补办手续",
+        # Both present: durable compares a missing field as null, and 1 > null holds.
+        source=source, condition=all_of(*item, {"$ex": {"tier_allowed": 1}}, {"$ex": {"tier_rank": 1}},
+                                        {"$gt": {"tier_rank": {"$m": "tier_allowed"}}}),
+        evidence_fields=("tier", "title_text"), reference=policy.source, scope="item",
+    ))
+    compiler.add("global", CompiledRule(
+        id="legality.missing.title", category="completeness", severity="info",
+        message="处方未写医师职称或处方权：{drug}（{tier}）的分级处方权无法核查",
+        source=source, condition=all_of(*item, cmp("$gt", "tier_rank", 1), absent("tier_allowed")),
+        evidence_fields=("tier",), reference=policy.source, scope="item",
+    ))
+    for control, right, label in (("narcotic", "narcotic", "麻醉药品"), ("psychotropic_1", "psychotropic_1",
+                                                                         "第一类精神药品")):
+        compiler.add("global", CompiledRule(
+            id=f"legality.{control}", category="legality", severity=policy.controlled_severity,
+            message=f"{{drug}}为{label}，处方医师无{label}处方资格",
+            source=source, condition=all_of(*item, {"$iany": {"controls": {"$i": control}}},
+                                            eq("privileges_recorded", 1),
+                                            {"$iall": {"privileges": {"$neq": {"$i": right}}}}),
+            evidence_fields=("title_text",), reference="处方管理办法（卫生部令第53号）第十一条：医师取得麻醉药品和"
+                                                       "第一类精神药品处方权后，方可开具; " + policy.source,
+            scope="item",
+        ))
+        compiler.add("global", CompiledRule(
+            id=f"legality.missing.{control}", category="completeness", severity="info",
+            message=f"处方未写医师处方资格：{{drug}}为{label}，{label}处方资格无法核查",
+            source=source, condition=all_of(*item, {"$iany": {"controls": {"$i": control}}},
+                                            eq("privileges_recorded", 0)),
+            reference="处方管理办法（卫生部令第53号）第十一条", scope="item",
+        ))
+
+
+def _quantity_rules(compiler: Compiler, settings: Settings, settings_path: Path) -> None:
+    """处方用量 (处方管理办法 第十九条): the quantity dispensed, in days at the written dose, against the
+    days written and against the limit by visit type."""
+    policy = settings.quantity
+    assert policy is not None
+    source = compiler.where(settings_path, policy.line)
+    item = [eq("t", "item"), eq("known", 1), cmp("$neq", "kind", "supply")]
+    compiler.add("global", CompiledRule(
+        id="duration.quantity_vs_days", category="duration", severity="warning",
+        message="{drug}开具数量可用 {supply_days} 天，超出处方用药天数 {days} 天所需",
+        source=source, condition=all_of(*item, {"$ex": {"supply_days": 1}}, {"$ex": {"days_tolerated": 1}},
+                                        {"$gt": {"supply_days": {"$m": "days_tolerated"}}}),
+        evidence_fields=("supply_days", "days"), reference=policy.source, scope="item",
+    ))
+    compiler.add("global", CompiledRule(
+        id="duration.quantity_unusable", category="completeness", severity="info",
+        message="{drug}的开具数量单位与剂量单位无法换算（如按盒开具）：用量天数未核算",
+        source=source, condition=all_of(*item, eq("qty_unusable", 1)),
+        reference=policy.source, scope="item",
+    ))
+    for visit, limit in settings.duration.items():
+        chronic_max = limit.chronic_drug_max_days
+        for chronic, maximum in ((0, limit.max_days), (1, chronic_max or limit.max_days)):
+            if chronic_max is None and chronic == 1:
+                continue
+            compiler.add("global", CompiledRule(
+                id=f"duration.quantity.{visit}{'_chronic_drug' if chronic else ''}", category="duration",
+                severity=limit.severity,
+                message=f"{{drug}}开具数量可用 {{supply_days}} 天，超过{_VISIT_ZH[visit]}处方用量限制 {{limit}} 天",
+                source=source,
+                # Only what the days check cannot see: days within the limit (or not written).
+                condition=all_of(*item, eq("visit", visit), *([eq("chronic", chronic)] if chronic_max else []),
+                                 cmp("$gt", "supply_days", maximum),
+                                 {"$or": [absent("days"), cmp("$lte", "days", maximum)]}),
+                evidence_fields=("supply_days",), limits={"limit": maximum}, reference=limit.source, scope="item",
+            ))

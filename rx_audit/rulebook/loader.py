@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rx_audit.errors import RulebookError, RulebookErrors
-from rx_audit.rulebook.compile_classes import compile_class_rules
+from rx_audit.rulebook.compile_classes import compile_class_rules, compile_population_rules
 from rx_audit.rulebook.compile_drug import compile_drug
 from rx_audit.rulebook.compile_global import compile_global_rules
 from rx_audit.rulebook.compile_pairs import compile_pairs
@@ -28,6 +28,7 @@ from rx_audit.rulebook.model import Drug, Rulebook, RuleExample
 from rx_audit.rulebook.names import normalise_name
 from rx_audit.rulebook.schema import (
     AllergyClassSpec,
+    ClassRule,
     ClassSpec,
     CustomRule,
     DrugFile,
@@ -40,7 +41,7 @@ from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, iter_yaml, load_ya
 
 SETTINGS_FILE = "rulebook.yaml"
 DICTIONARY_DIR = "dictionary"  # the drug dictionary has its own loader (rx_audit.rulebook.dictionary)
-_SECTIONS = {"classes", "allergy_classes", "interactions", "duplicates", "custom"}
+_SECTIONS = {"classes", "allergy_classes", "interactions", "duplicates", "custom", "class_rules"}
 
 
 def rulebook_hash(root: Path) -> str:
@@ -84,6 +85,7 @@ class Sections:
     interactions: list[tuple[Path, InteractionSpec]] = field(default_factory=list)
     duplicates: list[tuple[Path, DuplicateSpec]] = field(default_factory=list)
     custom: list[tuple[Path, CustomRule]] = field(default_factory=list)
+    class_rules: list[tuple[Path, ClassRule]] = field(default_factory=list)
     drug_files: list[tuple[Path, Any]] = field(default_factory=list)
 
 
@@ -147,6 +149,9 @@ def _sort_file(compiler: Compiler, sections: Sections, path: Path, raw: dict[str
     for entry in raw.get("custom") or []:
         if (custom := compiler.validate(CustomRule, entry, path)) is not None:
             sections.custom.append((path, custom))
+    for entry in raw.get("class_rules") or []:
+        if (class_rule := compiler.validate(ClassRule, entry, path)) is not None:
+            sections.class_rules.append((path, class_rule))
 
 
 def _drug_of(compiler: Compiler, sections: Sections, path: Path, spec: DrugFile) -> Drug:
@@ -221,6 +226,7 @@ def _add_dictionary(compiler: Compiler, root: Path, sections: Sections, drugs: d
         if drug is not None:
             for key, value in facts.items():
                 setattr(drug, key, value)
+            drug.dictionary_classes = tuple(name for name in entry.classes if name not in drug.classes)
             continue
         path, _, line = dictionary.where[entry.id].rpartition(":")
         propagating = (name for name in entry.allergy_classes
@@ -294,8 +300,9 @@ def load_rulebook(root: str | Path) -> Rulebook:
     compile_global_rules(compiler, sections.settings, sections.settings_path, sections.custom)
     compile_class_rules(compiler, sections.allergy_specs, sections.allergy_path,
                         compiler.where(sections.settings_path, sections.settings.line or 1))
+    compile_population_rules(compiler, sections.class_rules, set(sections.classes))
     for kind, entries in (("interaction", sections.interactions), ("duplicate", sections.duplicates),
-                          ("custom", sections.custom)):
+                          ("custom", sections.custom), ("class", sections.class_rules)):
         for path, entry in entries:
             examples.extend(example_of(example, compiler.where(path, example.line), f"{kind}-{entry.id}-{number}")
                             for number, example in enumerate(entry.examples, start=1))

@@ -65,6 +65,9 @@ class Drug:
     control: tuple[str, ...] = ()
     high_alert: bool = False
     essential: bool = False
+    # Classes the dictionary gives a monograph drug besides its own: class rules (population, 长期处方)
+    # read them; interactions and duplicates keep to the monograph's classes, which a reviewer chose.
+    dictionary_classes: tuple[str, ...] = ()
 
 
 @dataclass

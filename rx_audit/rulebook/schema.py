@@ -14,7 +14,8 @@ from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY
 
 SeverityName = Literal["info", "warning", "critical"]
 CategoryName = Literal[
-    "indication", "dose", "route", "duplicate", "interaction", "contraindication", "duration", "completeness"
+    "indication", "dose", "route", "duplicate", "interaction", "contraindication", "duration", "completeness",
+    "legality", "formulary",
 ]
 SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 
@@ -346,6 +347,52 @@ class CustomRule(Spec):
         return self
 
 
+class ClassRule(Spec):
+    """A rule over every drug of some classes (or regulatory control), written once: population
+    contraindications by class, 长期处方 exclusions. ``applies_to: no_monograph`` (default) leaves
+    drugs with a monograph to their own rules; ``all`` reaches every drug."""
+
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    classes: list[str] = Field(default_factory=list)  # any of these classes …
+    control: list[Literal["narcotic", "psychotropic_1", "psychotropic_2", "toxic", "radioactive", "precursor"]] = (
+        Field(default_factory=list))  # … or any of these control classes
+    except_classes: list[str] = Field(default_factory=list)
+    systemic: bool = False  # only items that act systemically (not eye drops, creams, inhalers)
+    when: Condition = Field(default_factory=Condition)
+    applies_to: Literal["no_monograph", "all"] = "no_monograph"
+    category: CategoryName
+    severity: SeverityName
+    message: str
+    source: str = Field(min_length=2)
+    examples: list[Example] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> ClassRule:
+        if not self.classes and not self.control:
+            raise ValueError("a class rule names classes or control")
+        return self
+
+
+class Privileges(Spec):
+    """Who may prescribe what (category legality): antibacterial tier by title, 麻醉/精一 rights."""
+
+    antibacterial_tier_by_title: dict[
+        Literal["village_doctor", "resident", "attending", "associate_chief", "chief"],
+        Literal["unrestricted", "restricted", "special"],
+    ] = Field(default_factory=dict)
+    antibacterial_severity: SeverityName = "warning"
+    controlled_severity: SeverityName = "critical"
+    source: str = Field(min_length=2)
+
+
+class QuantityCheck(Spec):
+    """The amount dispensed against the days written and the limits by visit (处方管理办法 第十九条)."""
+
+    tolerance_days: float = Field(3, ge=0)  # pack rounding: 90 tablets of 24 a box
+    tolerance_ratio: float = Field(1.25, ge=1)
+    source: str = Field(min_length=2)
+
+
 class DurationLimit(Spec):
     max_days: float = Field(gt=0)
     chronic_drug_max_days: float | None = Field(None, gt=0)
@@ -363,6 +410,8 @@ class Settings(Spec):
     missing_allergy_info: bool = True
     # CONTRACT §1: a drug the rulebook cannot resolve is reviewed by hand (医疗机构处方审核规范):
     # warning by default, so it is held; a hospital may lower it to info.
+    privileges: Privileges | None = None
+    quantity: QuantityCheck | None = None
     unknown_drug_severity: SeverityName = "warning"
     unknown_drug_severity_by_facility: dict[str, SeverityName] = Field(default_factory=dict)
     # A dictionary drug without a monograph: its dose and indication were not checked.
