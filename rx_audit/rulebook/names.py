@@ -75,19 +75,28 @@ _ORDER_WORDS = frozenset({
     "drops", "drop", "ophth", "ophthalmic", "otic", "nasal", "spray", "patch", "er", "sr", "xl", "xr", "la", "cr",
     "ec", "dr", "odt", "chewable", "flush", "premix", "premixed", "neb", "nebulizer", "inhaler", "hfa", "pf",
     "vial", "bolus", "infusion", "drip", "sublingual", "sl", "topical", "rectal", "supp", "suppository", "dose",
-    "adult", "pediatric", "concentrate", "replacement", "mini", "bag", "plus",
+    "adult", "pediatric", "concentrate", "replacement", "mini", "bag", "plus", "extended-release", "extended",
+    "release", "delayed-release", "immediate-release", "ir", "jelly", "rinse", "mouthwash", "mdi", "diskus",
+    "inhalation", "disintegrating", "viscous", "lozenge", "powder", "ophth", "susp", "soln", "na", "succ",
+    "nf", "liq", "syr", "supp", "tabs", "caps", "ec", "hfa", "respimat", "handihaler", "pen", "flexpen", "vial",
 })
+# CPOE annotations after the name: "Diazepam - CIWA protocol", "Insulin (Regular) for Hyperkalemia",
+# "*NF* Ertapenem Sodium" (non-formulary marker).
+_ANNOTATION = re.compile(r"\s+(?:-|–|for)\s+.*$", re.IGNORECASE)
+_MARKER = re.compile(r"\*[^*]*\*")
 
 
 def candidates(text: str) -> list[str]:
     """Names to look up for what an HIS wrote, most literal first, each also without salt and form words."""
     plain = unicodedata.normalize("NFKC", text)
     steps = [plain]
-    no_brackets = _BRACKETED.sub(" ", plain)
+    no_brackets = _BRACKETED.sub(" ", _MARKER.sub(" ", plain))
     steps.append(no_brackets)
+    steps.append(_ANNOTATION.sub("", no_brackets))
     no_spec = _SPEC.sub(" ", no_brackets)
     steps.append(no_spec)
-    words = [word for word in re.split(r"[\s,;/]+", no_spec.lower()) if word]
+    words = [word.strip(".") for word in re.split(r"[\s,;/]+", _ANNOTATION.sub("", no_spec).lower())
+             if word.strip(".")]
     kept = [word for word in words if word not in _ORDER_WORDS and not word.replace(".", "").isdigit()]
     steps.append(" ".join(kept))
     found: list[str] = []
