@@ -81,7 +81,7 @@ def _load_dictionary(root: Path, book: ReferenceRulebook) -> None:
             else:
                 book.drugs[entry["id"]] = {"drug": entry, "monograph": False, **info}
             for alias in [entry["id"], entry["name"], *([entry["inn"]] if entry.get("inn") else []),
-                          *entry.get("salts", []), *entry.get("names", [])]:
+                          *entry.get("salts", []), *entry.get("names", []), *entry.get("atc", [])]:
                 owners.setdefault(normalise_name(alias), set()).add(entry["id"])
     for name, ids in owners.items():
         if len(ids) == 1:  # a monograph's names come first; a shared dictionary name means neither

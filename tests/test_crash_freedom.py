@@ -87,8 +87,11 @@ class _Generator:
         book = auditor.rulebook
         self.known: list[str] = []
         for drug in book.drugs.values():
-            self.known.extend(dict.fromkeys([drug.name, drug.id, *drug.names[:4], *drug.atc]))
-        self.known_atc = {code for drug in book.drugs.values() for code in drug.atc}
+            # Names the rulebook resolves (a name or ATC code two dictionary entries share resolves to
+            # neither: it is unknown by design, never a guess).
+            self.known.extend(name for name in dict.fromkeys([drug.name, drug.id, *drug.names[:4], *drug.atc])
+                              if book.drug_for(name) is not None)
+        self.known_atc = {code for drug in book.drugs.values() for code in drug.atc if book.drug_for(code) is not None}
         self.unknown = [name for name in UNKNOWN_NAMES if book.drug_for(name) is None]
         assert len(self.unknown) >= 10, "the unknown-name pool must be unknown to the rulebook"
         self.fresh = 0

@@ -130,7 +130,9 @@ def load_dictionary(root: str | Path, *, classes: set[str] | None = None,
                 continue
             entries[entry.id] = entry
             where[entry.id] = compiler.where(path, entry.line)
-            for alias in {entry.id, entry.name, *([entry.inn] if entry.inn else []), *entry.salts, *entry.names}:
+            # ATC codes too: an HIS may send one (`atc`); a code two entries share resolves to neither.
+            for alias in {entry.id, entry.name, *([entry.inn] if entry.inn else []), *entry.salts, *entry.names,
+                          *entry.atc}:
                 owners.setdefault(normalise_name(alias), set()).add(entry.id)
     for entry_id, entry in entries.items():
         for ingredient in entry.ingredients:

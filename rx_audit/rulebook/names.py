@@ -13,7 +13,7 @@ _NAME_STRIP = re.compile(r"[\s\-_·・()（）]")
 # What an HIS adds around a generic name: the salt (盐酸二甲双胍) and the dosage form
 # (…缓释片, …注射液). Only these known words are taken off — never an arbitrary part of the name,
 # so a combination product (氨氯地平贝那普利片) is not mistaken for one of its ingredients.
-_SALT_PREFIXES = ("注射用", "盐酸", "硫酸", "马来酸", "苯磺酸", "甲磺酸", "酒石酸", "琥珀酸", "乳酸", "磷酸", "枸橼酸",
+_SALT_PREFIXES = ("注射用", "吸入用", "氨丁三醇", "盐酸", "硫酸", "马来酸", "苯磺酸", "甲磺酸", "酒石酸", "琥珀酸", "乳酸", "磷酸", "枸橼酸",
                   "富马酸", "醋酸", "氢溴酸", "门冬氨酸", "重酒石酸")
 _FORM_SUFFIXES = tuple(sorted((
     "片", "胶囊", "软胶囊", "缓释片", "控释片", "肠溶片", "肠溶胶囊", "缓释胶囊", "控释胶囊", "分散片", "咀嚼片",
@@ -22,7 +22,8 @@ _FORM_SUFFIXES = tuple(sorted((
     "葡萄糖注射液", "注射剂", "粉针", "冻干粉针", "输液", "滴剂", "乳膏", "软膏", "凝胶", "乳胶剂", "贴剂", "贴膏",
     "滴眼液", "眼膏", "眼用凝胶", "滴耳液", "滴鼻液", "鼻喷雾剂", "喷雾剂", "气雾剂", "吸入气雾剂", "吸入粉雾剂",
     "吸入剂", "吸入溶液", "雾化溶液", "混悬吸入剂", "栓", "阴道栓", "搽剂", "洗剂", "酊", "酊剂", "散", "丸",
-    "滴丸", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
+    "滴丸", "浓缩丸", "水丸", "蜜丸", "鼻用喷雾剂", "乳剂", "透皮贴剂", "乳状注射液", "溶液", "针", "针剂", "粉针剂",
+    "合剂", "口服乳剂", "缓释颗粒", "胶丸", "膏", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
 ), key=len, reverse=True))
 _SALT_SUFFIXES = tuple(sorted((
     "钠", "钾", "钙", "镁", "锌", "hydrochloride", "hcl", "sodium", "potassium", "calcium", "magnesium", "besylate",
@@ -32,10 +33,19 @@ _SALT_SUFFIXES = tuple(sorted((
 ), key=len, reverse=True))
 
 
+def _strip_form(name: str) -> str:
+    return next((name[: -len(suffix)] for suffix in _FORM_SUFFIXES
+                 if name.endswith(suffix) and len(name) > len(suffix) + 1), name)
+
+
 def name_variants(text: str) -> list[str]:
-    """The name with known salt and form words removed, step by step, most specific first."""
-    name = normalise_name(text)
-    variants = []
+    """The name with known form and salt words removed, step by step, most specific first.
+
+    The form word comes off first on its own: 门冬氨酸钾镁注射液 is 门冬氨酸钾镁, not 钾镁 (门冬氨酸
+    is also a salt prefix elsewhere)."""
+    original = normalise_name(text)
+    variants = [without_form] if (without_form := _strip_form(original)) != original else []
+    name = original
     for prefix in _SALT_PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix):
             name = name[len(prefix) :]
@@ -62,8 +72,14 @@ def normalise_name(text: str) -> str:
 # strength and pack (0.25g*24粒, 20mg), a concentration before fluids (0.9%氯化钠). Taken off in
 # that order; digits that are part of a name (维生素B12, 5-氟尿嘧啶) have no unit after them and stay.
 _BRACKETED = re.compile(r"[(\[【〔][^)\]】〕]*[)\]】〕]")
-_MEASURE = r"(?:mg|g|ug|μg|mcg|ng|ml|l|iu|u|万u|万iu|万单位|单位|meq|mmol|%)"
-_COUNT = r"(?:粒|片|袋|支|瓶|盒|揿|喷|贴|丸|s|t)"
+_MEASURE = r"(?:mg|g|ug|μg|mcg|ng|ml|l|iu|axaiu|u|万u|万iu|万单位|单位|meq|mmol|%|cm)"
+# A pack count standing alone after a space (复方甘草片 100片, 六神丸 1000粒): a count inside a name
+# (维生素B12片) has no space before it.
+_PACK = re.compile(r"\s+\d+\s*" + r"(?:粒|片|袋|支|瓶|盒|揿|喷|吸|贴|丸|枚)(?:\s*/\s*[盒瓶袋])?\s*$")
+# A manufacturer after the name (替米沙坦片-石药, 【扬子江】) and list markers (★, ●, 医保, 集采).
+_MAKER = re.compile(r"(?:-[\u4e00-\u9fff]{1,8}|【[^】]*】)\s*$")
+_MARKS = re.compile(r"^[\s★☆●○◆◇▲△■□※#＊*]+|[★☆●○◆◇▲△■□※]")
+_COUNT = r"(?:粒|片|袋|支|瓶|盒|揿|喷|吸|贴|丸|枚|s|t)"
 # A measure (20mg, 0.9%, 100ml) with an optional pack after it (*24粒, ×10支, /5ml); a count alone
 # (维生素B12片) is part of a name.
 _SPEC = re.compile(r"\d+(?:\.\d+)?\s*" + _MEASURE + r"(?![a-z])(?:\s*[/*×:：]\s*\d*(?:\.\d+)?\s*(?:"
@@ -77,8 +93,8 @@ _ORDER_WORDS = frozenset({
     "vial", "bolus", "infusion", "drip", "sublingual", "sl", "topical", "rectal", "supp", "suppository", "dose",
     "adult", "pediatric", "concentrate", "replacement", "mini", "bag", "plus", "extended-release", "extended",
     "release", "delayed-release", "immediate-release", "ir", "jelly", "rinse", "mouthwash", "mdi", "diskus",
-    "inhalation", "disintegrating", "viscous", "lozenge", "powder", "ophth", "susp", "soln", "na", "succ",
-    "nf", "liq", "syr", "supp", "tabs", "caps", "ec", "hfa", "respimat", "handihaler", "pen", "flexpen", "vial",
+    "inhalation", "disintegrating", "viscous", "lozenge", "powder", "na", "succ",
+    "nf", "liq", "syr", "respimat", "handihaler", "pen", "flexpen",
 })
 # CPOE annotations after the name: "Diazepam - CIWA protocol", "Insulin (Regular) for Hyperkalemia",
 # "*NF* Ertapenem Sodium" (non-formulary marker).
@@ -90,10 +106,13 @@ def candidates(text: str) -> list[str]:
     """Names to look up for what an HIS wrote, most literal first, each also without salt and form words."""
     plain = unicodedata.normalize("NFKC", text)
     steps = [plain]
+    plain = _MARKS.sub("", plain)
+    steps.append(plain)
     no_brackets = _BRACKETED.sub(" ", _MARKER.sub(" ", plain))
+    no_brackets = _MAKER.sub("", _PACK.sub("", no_brackets.strip()))
     steps.append(no_brackets)
     steps.append(_ANNOTATION.sub("", no_brackets))
-    no_spec = _SPEC.sub(" ", no_brackets)
+    no_spec = _MAKER.sub("", _SPEC.sub(" ", no_brackets).strip())
     steps.append(no_spec)
     words = [word.strip(".") for word in re.split(r"[\s,;/]+", _ANNOTATION.sub("", no_spec).lower())
              if word.strip(".")]
@@ -149,3 +168,18 @@ def allergen_parts(text: str) -> list[str]:
         if piece and normalise_name(piece) not in NO_ALLERGY and piece not in _ALLERGY_SUFFIXES:
             parts.append(piece)
     return parts
+
+
+_VERSION = re.compile(r"[(（]\s*(?:Ⅰ|Ⅱ|Ⅲ|Ⅳ|I{1,3}|IV)\s*[)）]")
+
+
+def bracket_names(text: str) -> list[str]:
+    """The contents of brackets (brands, versions) as written: 阿托伐他汀钙片(立普妥) → [立普妥]."""
+    plain = unicodedata.normalize("NFKC", text)
+    return [match.group(0)[1:-1].strip() for match in _BRACKETED.finditer(plain)
+            if match.group(0)[1:-1].strip() and not _VERSION.fullmatch(match.group(0))]
+
+
+def has_version(text: str) -> bool:
+    """(Ⅱ), (II): a formulation the name alone does not identify for a combination product."""
+    return bool(_VERSION.search(unicodedata.normalize("NFKC", text)) or _VERSION.search(text))
