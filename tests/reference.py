@@ -18,7 +18,7 @@ import yaml
 from rx_audit.models import Prescription
 from rx_audit.normalise import normalise_title, supply_days
 from rx_audit.rulebook import normalise_name
-from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, candidates
+from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, resolve_name
 from rx_audit.units import (
     TIMES_PER_DAY,
     dose_in_unit,
@@ -208,7 +208,8 @@ def undecidable_item_fields(when: dict[str, Any], patient: Patient, item: Item) 
 
 
 def _drug_id(book: ReferenceRulebook, text: str) -> str | None:
-    return next((book.names[name] for name in candidates(text) if name in book.names), None)
+    # Reading a written name is normalisation, shared with the engine (like units and ICD codes).
+    return resolve_name(text, book.names, lambda found: len(book.drugs[found].get("ingredients") or []) > 1)
 
 
 def _allergens(book: ReferenceRulebook, text: str) -> set[str] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rx_audit.rulebook.names import bracket_names, candidates, has_version, normalise_name
+from rx_audit.rulebook.names import normalise_name, resolve_name
 from rx_audit.rulebook.schema import CategoryName, Settings, SeverityName
 
 
@@ -114,20 +114,7 @@ class Rulebook:
             return self._lookups[key]
         # The name as written first, then without its decoration (brand, strength, salt, form),
         # then the ATC code; a name that matches nothing is unknown, never a guess.
-        drug_id = next((self.names[name] for name in candidates(text) if name in self.names), None)
-        # A brand in brackets must agree with the generic part: where they name different drugs
-        # (精蛋白人胰岛素注射液(诺和灵30R): NPH by the name, the 30R premix by the brand) nothing is guessed.
-        brands = {self.names[name] for text_part in bracket_names(text) for name in candidates(text_part)[:2]
-                  if name in self.names}
-        if len(brands) > 1 or (brands and drug_id is not None and drug_id not in brands):
-            drug_id = None
-        elif brands:
-            drug_id = next(iter(brands))
-        elif drug_id is not None and has_version(text) and not brands:
-            # 复方对乙酰氨基酚片(Ⅱ) is another combination than 复方对乙酰氨基酚片: never guessed.
-            drug = self.drugs.get(drug_id)
-            if drug is not None and len(drug.ingredients) > 1:
-                drug_id = None
+        drug_id = resolve_name(text, self.names, lambda found: len(self.drugs[found].ingredients) > 1)
         if drug_id is None and atc:
             drug_id = self.names.get(normalise_name(atc))
         drug = self.drugs.get(drug_id) if drug_id else None

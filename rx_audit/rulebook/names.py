@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 _NAME_STRIP = re.compile(r"[\s\-_·・()（）]")
 
@@ -13,8 +14,8 @@ _NAME_STRIP = re.compile(r"[\s\-_·・()（）]")
 # What an HIS adds around a generic name: the salt (盐酸二甲双胍) and the dosage form
 # (…缓释片, …注射液). Only these known words are taken off — never an arbitrary part of the name,
 # so a combination product (氨氯地平贝那普利片) is not mistaken for one of its ingredients.
-_SALT_PREFIXES = ("注射用", "吸入用", "氨丁三醇", "盐酸", "硫酸", "马来酸", "苯磺酸", "甲磺酸", "酒石酸", "琥珀酸", "乳酸", "磷酸", "枸橼酸",
-                  "富马酸", "醋酸", "氢溴酸", "门冬氨酸", "重酒石酸")
+_SALT_PREFIXES = ("注射用", "吸入用", "氨丁三醇", "盐酸", "硫酸", "马来酸", "苯磺酸", "甲磺酸", "酒石酸", "琥珀酸",
+                  "乳酸", "磷酸", "枸橼酸", "富马酸", "醋酸", "氢溴酸", "门冬氨酸", "重酒石酸")
 _FORM_SUFFIXES = tuple(sorted((
     "片", "胶囊", "软胶囊", "缓释片", "控释片", "肠溶片", "肠溶胶囊", "缓释胶囊", "控释胶囊", "分散片", "咀嚼片",
     "泡腾片", "口崩片", "口腔崩解片", "含片", "舌下片", "阴道片", "阴道泡腾片", "薄膜衣片", "糖衣片",
@@ -23,7 +24,8 @@ _FORM_SUFFIXES = tuple(sorted((
     "滴眼液", "眼膏", "眼用凝胶", "滴耳液", "滴鼻液", "鼻喷雾剂", "喷雾剂", "气雾剂", "吸入气雾剂", "吸入粉雾剂",
     "吸入剂", "吸入溶液", "雾化溶液", "混悬吸入剂", "栓", "阴道栓", "搽剂", "洗剂", "酊", "酊剂", "散", "丸",
     "滴丸", "浓缩丸", "水丸", "蜜丸", "鼻用喷雾剂", "乳剂", "透皮贴剂", "乳状注射液", "溶液", "针", "针剂", "粉针剂",
-    "合剂", "口服乳剂", "缓释颗粒", "胶丸", "膏", "tablets", "tablet", "capsules", "capsule", "injection", "suspension", "syrup",
+    "合剂", "口服乳剂", "缓释颗粒", "胶丸", "膏", "tablets", "tablet", "capsules", "capsule", "injection",
+    "suspension", "syrup",
 ), key=len, reverse=True))
 _SALT_SUFFIXES = tuple(sorted((
     "钠", "钾", "钙", "镁", "锌", "hydrochloride", "hcl", "sodium", "potassium", "calcium", "magnesium", "besylate",
@@ -183,3 +185,24 @@ def bracket_names(text: str) -> list[str]:
 def has_version(text: str) -> bool:
     """(Ⅱ), (II): a formulation the name alone does not identify for a combination product."""
     return bool(_VERSION.search(unicodedata.normalize("NFKC", text)) or _VERSION.search(text))
+
+
+def resolve_name(text: str, names: dict[str, str], is_combination: Callable[[str], bool]) -> str | None:
+    """The id a written name means, through ``names`` (normalised name → id); ``None`` when unknown or
+    when its parts disagree — never a guess:
+
+    * the name as written, then without its decoration (:func:`candidates`);
+    * a brand in brackets must agree with the generic part (精蛋白人胰岛素注射液(诺和灵30R): NPH by the
+      name, the 30R premix by the brand — neither is taken);
+    * a version marker, (Ⅱ), never picks a combination product it does not name (复方对乙酰氨基酚片(Ⅱ)
+      is another combination than 复方对乙酰氨基酚片).
+    """
+    found = next((names[name] for name in candidates(text) if name in names), None)
+    brands = {names[name] for part in bracket_names(text) for name in candidates(part)[:2] if name in names}
+    if len(brands) > 1 or (brands and found is not None and found not in brands):
+        return None
+    if brands:
+        return next(iter(brands))
+    if found is not None and has_version(text) and is_combination(found):
+        return None
+    return found
