@@ -148,6 +148,7 @@ class Quantity(_Open):
 
 class Item(_Open):
     id: str | None = None
+    code: str | None = None  # the HIS's own drug code (CONTRACT §1), resolved through the facility's formulary
     drug: str = Field(min_length=1)
     atc: str | None = None
     form: str | None = None

@@ -71,6 +71,7 @@ def _common(resolved: ResolvedPrescription, number: int, rulebook: Rulebook) -> 
         _put(common, key, text)
     common["dx_count"] = len(resolved.dx_codes)
     _privileges(common, resolved, rulebook)
+    common["has_formulary"] = int(prescription.facility.id in rulebook.formularies)
     return common
 
 
@@ -113,6 +114,8 @@ def _item_fact(item: ResolvedItem, weight: float | None, rulebook: Rulebook) -> 
         fact["tier"] = TIER_ZH[item.drug.antibacterial_tier]
     if item.drug.control:
         fact["controls"] = list(item.drug.control)
+    # The facilities whose formulary lists the drug ("-": durable's allItems is false on an empty list).
+    fact["formularies"] = [*rulebook.in_formularies.get(item.drug.id, ()), "-"]
     _quantity(fact, item, rulebook)
     dose = durable_number(item.dose)
     if dose is not None:

@@ -133,8 +133,10 @@ def _supply(item: Item, freq: str | None, times: float | None) -> tuple[float | 
     return days, days is None
 
 
-def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = ()) -> ResolvedItem:
-    drug = rulebook.drug_for(item.drug, item.atc)
+def resolve_item(item: Item, rulebook: Rulebook, mixed: tuple[str, ...] = (), facility: str | None = None
+                 ) -> ResolvedItem:
+    # The HIS's own code first, through the facility's imported formulary (CONTRACT §1), then the name.
+    drug = rulebook.drug_for_code(facility, item.code) or rulebook.drug_for(item.drug, item.atc)
     form = _form(item.form) if item.form else None
     route = _route(item.route) if item.route else None
     freq = _frequency(item.frequency) if item.frequency else None
@@ -218,7 +220,7 @@ def resolve(prescription: Prescription, rulebook: Rulebook) -> ResolvedPrescript
         allergy_text=allergy_text,
         allergies_unread=unread,
         allergies_recorded="allergies" in patient.model_fields_set,
-        items=tuple(resolve_item(item, rulebook, tuple(mixed.get(position, ())))
+        items=tuple(resolve_item(item, rulebook, tuple(mixed.get(position, ())), prescription.facility.id)
                     for position, item in enumerate(prescription.items)),
         mixed_text=tuple(mixed.get(None, ())),
         title=normalise_title(prescription.prescriber.title) if prescription.prescriber.title else None,

@@ -188,6 +188,17 @@ def compile_global_rules(
     if settings.quantity is not None:
         _quantity_rules(compiler, settings, settings_path)
 
+    compiler.add("global", CompiledRule(
+        id="formulary.outside", category="formulary", severity=settings.formulary_severity,
+        message="{drug}不在本机构药品目录内（目录外用药）", source=where,
+        condition=all_of(eq("t", "item"), eq("known", 1), eq("has_formulary", 1),
+                         {"$iall": {"formularies": {"$neq": {"$i": {"$m": "facility"}}}}}),
+        evidence_fields=("facility",),
+        reference="县域医共体药品目录“六统一”; 医疗机构药事管理规定 第十七条：医疗机构应当制定本机构药品处方集"
+                  "和基本用药供应目录",
+        scope="item",
+    ))
+
     # Hospital custom rules.
     for path, spec in custom:
         compiler.check_message(spec.message, ITEM_PLACEHOLDERS | CUSTOM_PRESCRIPTION_FIELDS | CUSTOM_ITEM_FIELDS,

@@ -23,6 +23,7 @@ from rx_audit.rulebook.compile_pairs import compile_pairs
 from rx_audit.rulebook.compiler import Compiler, shard
 from rx_audit.rulebook.conditions import branches
 from rx_audit.rulebook.dictionary import load_dictionary
+from rx_audit.rulebook.formulary import FORMULARY_DIR, load_formularies
 from rx_audit.rulebook.limits import MAX_BRANCHES_PER_RULE, MAX_LIST_TESTS_PER_FACT, MAX_RULES_PER_RULESET
 from rx_audit.rulebook.model import Drug, Rulebook, RuleExample
 from rx_audit.rulebook.names import normalise_name
@@ -41,6 +42,7 @@ from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, iter_yaml, load_ya
 
 SETTINGS_FILE = "rulebook.yaml"
 DICTIONARY_DIR = "dictionary"  # the drug dictionary has its own loader (rx_audit.rulebook.dictionary)
+# Facility formularies, likewise (rx_audit.rulebook.formulary).
 _SECTIONS = {"classes", "allergy_classes", "interactions", "duplicates", "custom", "class_rules"}
 
 
@@ -91,9 +93,9 @@ class Sections:
 
 def _read_files(compiler: Compiler, root: Path) -> dict[Path, Any]:
     raw_files: dict[Path, Any] = {}
-    dictionary_dir = root / DICTIONARY_DIR
+    own_loaders = (root / DICTIONARY_DIR, root / FORMULARY_DIR)
     for path in iter_yaml(root):
-        if path.is_relative_to(dictionary_dir):
+        if any(path.is_relative_to(directory) for directory in own_loaders):
             continue
         try:
             raw_files[path] = load_yaml(path)
@@ -289,6 +291,7 @@ def load_rulebook(root: str | Path) -> Rulebook:
     sections = _sort_sections(compiler, root, _read_files(compiler, root))
     drugs, names, drug_specs = _read_drugs(compiler, sections)
     _add_dictionary(compiler, root, sections, drugs, names)
+    formularies = load_formularies(compiler, root, set(drugs))
 
     _check_also_by(compiler, drug_specs, drugs, sections)
     examples: list[RuleExample] = []
@@ -331,4 +334,5 @@ def load_rulebook(root: str | Path) -> Rulebook:
         pairs_in_global=pairs_in_global,
         pair_rule_keys=pair_rule_keys,
         pair_partners={key: frozenset(value) for key, value in partners.items()},
+        formularies=formularies,
     )

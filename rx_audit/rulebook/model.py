@@ -71,6 +71,16 @@ class Drug:
 
 
 @dataclass
+class Formulary:
+    """A facility's formulary: the drugs it may dispense and its HIS codes (rx_audit.rulebook.formulary)."""
+
+    facility: str
+    ids: frozenset[str]
+    codes: dict[str, str] = field(default_factory=dict)  # HIS code -> drug id
+    where: str = ""
+
+
+@dataclass
 class RuleExample:
     """An example written in a rule file: a small prescription and the rule ids that must fire."""
 
@@ -100,12 +110,24 @@ class Rulebook:
     # first key -> the second keys some pair rule pairs it with: a pair fact is built only for
     # two items some rule could match, so the cost follows the interactions, not items².
     pair_partners: dict[str, frozenset[str]] = field(default_factory=dict)
+    formularies: dict[str, Formulary] = field(default_factory=dict)  # facility id -> its formulary
 
     pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
     _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.pair_keys = {d.id: [d.id, *(f"class:{c}" for c in d.classes)] for d in self.drugs.values()}
+        # drug id -> the facilities whose formulary lists it (what an item's fact carries)
+        self.in_formularies: dict[str, list[str]] = {}
+        for formulary in self.formularies.values():
+            for drug_id in formulary.ids:
+                self.in_formularies.setdefault(drug_id, []).append(formulary.facility)
+
+    def drug_for_code(self, facility: str | None, code: str | None) -> Drug | None:
+        """The drug an HIS drug code means in the facility's imported formulary, or ``None``."""
+        formulary = self.formularies.get(facility or "")
+        drug_id = formulary.codes.get(code) if formulary is not None and code else None
+        return self.drugs.get(drug_id) if drug_id else None
 
     def drug_for(self, text: str, atc: str | None = None) -> Drug | None:
         """The drug an HIS name (Chinese, English, synonym) or ATC code means; ``None`` if unknown."""

@@ -416,6 +416,8 @@ class Settings(Spec):
     unknown_drug_severity_by_facility: dict[str, SeverityName] = Field(default_factory=dict)
     # A dictionary drug without a monograph: its dose and indication were not checked.
     no_monograph_severity: SeverityName = "info"
+    # A drug outside the facility's imported formulary (rules/formularies/): reviewed by hand.
+    formulary_severity: SeverityName = "warning"
     # An allergen the rulebook cannot read (not a drug, class or known food/environment allergen):
     # said, so the pharmacist checks it by hand; info by default, since most such text names
     # something unrelated to the prescription.
