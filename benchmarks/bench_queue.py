@@ -74,7 +74,7 @@ def test_replay_throughput(benchmark, batch: Path, tmp_path: Path, workers: int)
 
 
 def test_claim_decide(benchmark, tmp_path: Path) -> None:
-    from rx_audit.models import AuditResult, Finding
+    from rx_audit.contract import AuditResult, Finding
     from rx_audit.queue import migrate, prepare_record
 
     migrate(f"sqlite:///{tmp_path / 'c.db'}")
@@ -121,6 +121,18 @@ def test_ui_paging_at_100k(benchmark, batch: Path, tmp_path: Path) -> None:
     benchmark(page)
     print(f"\n[bench] list+count page at {total:,} items: {benchmark.stats.stats.mean * 1000:.1f} ms")
     assert benchmark.stats.stats.mean < 1.5
+
+
+def test_statistics_at_100k(benchmark, batch: Path, tmp_path: Path) -> None:
+    """The statistics page's one call: totals, rates and every breakdown (day, facility, prescriber,
+    severity, category, rule) over the whole queue."""
+    db = f"sqlite:///{tmp_path / 'stats.db'}"
+    replay(batch, db, auditor_factory="replay_support:make_auditor")
+    queue = ReviewQueue(db)
+    stats = benchmark.pedantic(queue.statistics, rounds=3, iterations=1)
+    print(f"\n[bench] statistics at {stats.prescriptions:,} audits / {stats.total:,} items: "
+          f"{benchmark.stats.stats.mean * 1000:.0f} ms")
+    assert stats.total == queue.count() and benchmark.stats.stats.mean < 20
 
 
 def test_replay_peak_memory_1m(benchmark, tmp_path: Path) -> None:

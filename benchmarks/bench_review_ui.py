@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from tests.review_ui.helpers import APP, DEMO_USERS, RULES, prescription, result  # noqa: E402
+# The repository root is on sys.path through benchmarks/pytest.ini (pythonpath = ..).
+from tests.review_ui.helpers import APP, DEMO_USERS, RULES, prescription, result
 
 ITEMS = int(os.environ.get("RX_AUDIT_BENCH_ITEMS", "100000"))
 LIMIT_SECONDS = 1.5

@@ -3,20 +3,24 @@
 Both the queue and the auditor are process-wide resources (``st.cache_resource``) keyed by
 database URL / rulebook path, shared by every pharmacist's session: one connection pool, one
 compiled rulebook (the engine is thread-safe and hot-swaps on ``reload``).
+
+The UI talks to the library only through the ``rx_audit`` package (an import-linter contract).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from review_ui import auth, ui
 from review_ui.config import ConfigError, Settings, load_settings
+from rx_audit import Auditor, SchemaVersionError
 
 if TYPE_CHECKING:
     from review_ui.service import ReviewService
+    from rx_audit import ReviewQueue
 
 log = logging.getLogger("rx_audit.review_ui")
 
@@ -76,31 +80,38 @@ def signed_in_user(settings: Settings) -> auth.User | None:
 @st.cache_resource(
     show_spinner="连接审方队列 connecting to the review queue…", max_entries=4, on_release=lambda q: q.close()
 )
-def _queue(db_url: str) -> Any:
-    from rx_audit.queue import ReviewQueue
+def _queue(db_url: str) -> ReviewQueue:
+    # Imported here: the queue's database stack loads when the first page needs the queue.
+    from rx_audit import ReviewQueue
 
     return ReviewQueue(db_url)
 
 
-def queue(settings: Settings) -> Any:
-    """The shared ReviewQueue for ``settings.db_url``; a friendly stop if it cannot open."""
+def queue(settings: Settings) -> ReviewQueue:
+    """The shared ReviewQueue for ``settings.db_url``; a friendly stop if it cannot open.
+
+    A database that is not at the current schema says so, with the command that fixes it
+    (``rx-audit queue migrate``); the queue never creates or alters tables itself."""
     try:
         return _queue(settings.db_url)
+    except SchemaVersionError as error:
+        log.error("review queue at %s not migrated: %s", settings.redacted_db_url(), error)
+        st.error(f"审方队列数据库需要迁移 (the review queue database must be migrated): {ui.md(error)}")
+        st.stop()
+        raise
     except Exception as error:
         log.error("cannot open review queue at %s: %s", settings.redacted_db_url(), type(error).__name__)
-        st.error(f"无法连接审方队列数据库 (cannot open the review queue): {settings.redacted_db_url()}")
+        st.error(f"无法连接审方队列数据库 (cannot open the review queue): {ui.md(settings.redacted_db_url())}")
         st.stop()
         raise
 
 
 @st.cache_resource(show_spinner="加载规则库 loading the rulebook…", max_entries=4, on_release=lambda a: a.close())
-def _auditor(rules: str) -> Any:
-    from rx_audit.engine import Auditor
-
+def _auditor(rules: str) -> Auditor:
     return Auditor.from_path(rules)
 
 
-def auditor(settings: Settings) -> Any:
+def auditor(settings: Settings) -> Auditor:
     """The shared Auditor for ``settings.rules``; a friendly stop if it cannot load."""
     try:
         return _auditor(settings.rules)
@@ -111,23 +122,11 @@ def auditor(settings: Settings) -> Any:
         raise
 
 
-@st.cache_resource(show_spinner=False, max_entries=4, on_release=lambda engine: engine.dispose())
-def _stats_engine(db_url: str) -> Any:
-    from review_ui import stats_extra
-
-    return stats_extra.read_engine(db_url)
-
-
-def stats_engine(settings: Settings) -> Any:
-    """A small read-only engine for the grouped statistics (see ``stats_extra``)."""
-    return _stats_engine(settings.db_url)
-
-
 def service(settings: Settings, user: auth.User) -> ReviewService:
     """The pages' only handle on the queue: every call scoped to ``user``'s facilities."""
     from review_ui.service import ReviewService
 
-    return ReviewService(queue(settings), user, stats_engine(settings), cache_key=settings.db_url)
+    return ReviewService(queue(settings), user, cache_key=settings.db_url)
 
 
 def require_user() -> auth.User:

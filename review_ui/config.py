@@ -2,7 +2,8 @@
 
 Precedence, highest first:
 
-1. environment: ``RX_AUDIT_DB_URL`` (or ``RX_AUDIT_DB``, the CLI's ``--db`` variable),
+1. environment: ``RX_AUDIT_DB_URL`` (or its alias ``RX_AUDIT_DB``, the CLI's ``--db`` variable; both
+   set to different databases is an error — the UI and ``rx-audit queue …`` must see one queue),
    ``RX_AUDIT_RULES``, ``RX_AUDIT_USERS``, ``RX_AUDIT_REFRESH_SECONDS``, ``RX_AUDIT_CHECK_TIMEOUT``,
    ``RX_AUDIT_TRUSTED_PROXIES`` (comma-separated);
 2. a TOML config file: ``RX_AUDIT_CONFIG`` if set, else ``rx_audit.toml`` in the working directory
@@ -88,6 +89,13 @@ def _read_file(path: Path) -> dict[str, Any]:
 def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Read the settings from the environment and the config file (see module doc)."""
     env = os.environ if environ is None else environ
+    if env.get(ENV_DB_URL) and env.get(ENV_DB_CLI) and env[ENV_DB_URL] != env[ENV_DB_CLI]:
+        # One database setting: with two different values the CLI (RX_AUDIT_DB) would migrate or
+        # replay into one queue while the pharmacists review another.
+        raise ConfigError(
+            f"{ENV_DB_URL} 与 {ENV_DB_CLI} 指向不同的数据库，请只设置一个 (both set, to different databases; "
+            f"set one): {redact_url(env[ENV_DB_URL])} ≠ {redact_url(env[ENV_DB_CLI])}"
+        )
     base = Path.cwd() if cwd is None else cwd
     config_path: Path | None = None
     if env.get(ENV_CONFIG):

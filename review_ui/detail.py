@@ -12,14 +12,16 @@ a person (comments, double-sign reasons): in any Markdown-rendering call it goes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
 
 from review_ui import ui
-from rx_audit.errors import RxAuditError
-from rx_audit.models import parse_prescription
+from rx_audit import RxAuditError, parse_prescription
+
+if TYPE_CHECKING:
+    from rx_audit import ReviewDetail
 
 
 def patient_age(prescription: dict[str, Any]) -> float | None:
@@ -43,7 +45,7 @@ def patient_block(prescription: dict[str, Any]) -> None:
     age = patient_age(prescription)
     c = st.columns(7)
     c[0].metric("年龄 age", f"{age:.3g}岁" if age is not None else "—")
-    c[1].metric("性别 sex", ui.SEX_LABELS.get(patient.get("sex"), "—"))
+    c[1].metric("性别 sex", ui.SEX_LABELS.get(str(patient.get("sex")), "—"))
     c[2].metric("体重 weight", _number(patient.get("weight_kg"), " kg"))
     c[3].metric("eGFR", _number(patient.get("egfr")))
     c[4].metric("妊娠 pregnant", ui.yes_no(patient.get("pregnant")))
@@ -72,7 +74,11 @@ def _quantity(value: Any) -> str:
 
 
 def _worst(findings: list[dict[str, Any]]) -> str | None:
-    return max((f.get("severity") for f in findings), key=lambda s: ui.SEVERITY_RANK.get(s, 0), default=None)
+    return ui.worst_severity(f.get("severity") for f in findings)
+
+
+def _most_severe_first(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(findings, key=lambda f: -ui.severity_rank(f.get("severity")))
 
 
 def items_block(prescription: dict[str, Any], findings: list[dict[str, Any]]) -> None:
@@ -83,7 +89,7 @@ def items_block(prescription: dict[str, Any], findings: list[dict[str, Any]]) ->
     rows = []
     for position, item in enumerate(prescription.get("items") or [], start=1):
         item_id = str(item.get("id") or position)
-        item_findings = sorted(by_item.get(item_id, []), key=lambda f: -ui.SEVERITY_RANK.get(f.get("severity"), 0))
+        item_findings = _most_severe_first(by_item.get(item_id, []))
         rows.append(
             {
                 "#": item_id,
@@ -96,7 +102,7 @@ def items_block(prescription: dict[str, Any], findings: list[dict[str, Any]]) ->
                 "天数 days": item.get("days"),
                 "数量 qty": _quantity(item.get("quantity")),
                 "问题 findings": "；".join(
-                    f"{ui.SEVERITY_ICONS.get(f.get('severity'), '')}{f.get('message')}" for f in item_findings
+                    f"{ui.severity_icon(f.get('severity'))}{f.get('message')}" for f in item_findings
                 )
                 or "—",
                 "severity_key": _worst(item_findings),
@@ -118,7 +124,7 @@ def findings_block(findings: list[dict[str, Any]]) -> None:
     """Each finding, most severe first: message, category, rule, evidence, source, reference."""
     if not findings:
         st.caption("无发现 (no findings)")
-    for finding in sorted(findings, key=lambda f: -ui.SEVERITY_RANK.get(f.get("severity"), 0)):
+    for finding in _most_severe_first(findings):
         level = finding.get("severity")
         box = {"critical": st.error, "warning": st.warning}.get(str(level), st.info)
         item = ui.md(finding.get("item")) if finding.get("item") else None
@@ -136,11 +142,11 @@ def findings_block(findings: list[dict[str, Any]]) -> None:
         box("  \n".join(lines))
 
 
-def history_block(detail: Any) -> None:
+def history_block(detail: ReviewDetail) -> None:
     """Earlier (and later) versions of the same prescription and every decision taken on it."""
-    current = ui.g(ui.g(detail, "item"), "id")
-    versions = ui.g(detail, "versions") or []
-    decisions = ui.g(detail, "decisions") or []
+    current = detail.item.id
+    versions = detail.versions
+    decisions = detail.decisions
     if len(versions) <= 1 and not decisions:
         st.caption("首次提交，无早期版本或审核记录 (first version; no earlier decisions).")
         return
@@ -150,13 +156,13 @@ def history_block(detail: Any) -> None:
             pd.DataFrame(
                 [
                     {
-                        "时间 time": ui.local_time(ui.g(d, "at")),
-                        "版本 v": ui.g(d, "version"),
-                        "人员 by": ui.g(d, "actor"),
-                        "角色 role": ui.g(d, "role"),
-                        "结论 action": ui.ACTION_LABELS.get(ui.g(d, "action"), ui.g(d, "action")),
-                        "原因 reason": ui.g(d, "reason_code") or "",
-                        "备注 comment": ui.g(d, "comment") or "",
+                        "时间 time": ui.local_time(d.at),
+                        "版本 v": d.version,
+                        "人员 by": d.actor,
+                        "角色 role": d.role,
+                        "结论 action": ui.ACTION_LABELS.get(d.action, d.action),
+                        "原因 reason": d.reason_code or "",
+                        "备注 comment": d.comment or "",
                     }
                     for d in decisions
                 ]
@@ -170,12 +176,12 @@ def history_block(detail: Any) -> None:
             pd.DataFrame(
                 [
                     {
-                        "版本 v": ui.g(v, "version"),
-                        "接收 received": ui.local_time(ui.g(v, "received_at")),
-                        "等级 severity": ui.severity_label(ui.g(v, "severity")),
-                        "状态 status": ui.status_label(ui.g(v, "status")),
-                        "当前 current": "◀" if ui.g(v, "item_id") == current and current is not None else "",
-                        "规则库 rulebook": (ui.g(v, "rulebook") or "")[:19],
+                        "版本 v": v.version,
+                        "接收 received": ui.local_time(v.received_at),
+                        "等级 severity": ui.severity_label(v.severity),
+                        "状态 status": ui.status_label(v.status),
+                        "当前 current": "◀" if v.item_id == current else "",
+                        "规则库 rulebook": (v.rulebook or "")[:19],
                     }
                     for v in versions
                 ]
@@ -185,32 +191,38 @@ def history_block(detail: Any) -> None:
         )
 
 
-def header_block(detail: Any) -> None:
-    item = ui.g(detail, "item")
-    prescription = ui.g(detail, "prescription") or {}
+def header_block(detail: ReviewDetail) -> None:
+    item = detail.item
+    prescription = detail.prescription
     facility = prescription.get("facility") or {}
     prescriber = prescription.get("prescriber") or {}
     patient = prescription.get("patient") or {}
-    version = ui.g(item, "version")
+    version = item.version
     facility_name = facility.get("name") if isinstance(facility, dict) else None
     st.markdown(
-        f"{ui.severity_md(ui.g(item, 'severity'))} · {ui.md(ui.status_label(ui.g(item, 'status')))}"
+        f"{ui.severity_md(item.severity)} · {ui.md(ui.status_label(item.status))}"
         + (f" · 第{version}版 v{version}" if isinstance(version, int) and version > 1 else "")
-        + f" · 机构 {ui.md(facility_name or ui.g(item, 'facility_id') or None)}"
+        + f" · 机构 {ui.md(facility_name or item.facility_id or None)}"
         f" · 科室 {ui.md(prescription.get('department') or None)}"
         f" · 医生 {ui.md((prescriber.get('id') if isinstance(prescriber, dict) else None) or None)}"
         f" · 开具 {ui.md(ui.format_time(prescription.get('issued_at')))}"
         f" · 就诊 {ui.md(prescription.get('visit_type') or None)}"
         f" · 患者 {ui.md((patient.get('id') if isinstance(patient, dict) else None) or None)}"
     )
-    if ui.g(item, "double_sign_reason"):
-        st.warning(f"医生双签理由 doctor's double-sign reason: {ui.md(ui.g(item, 'double_sign_reason'))}", icon="✍️")
+    if item.double_sign_reason:
+        st.warning(f"医生双签理由 doctor's double-sign reason: {ui.md(item.double_sign_reason)}", icon="✍️")
 
 
-def show_detail(detail: Any, history_expanded: bool = False) -> None:
+def findings_of(detail: ReviewDetail) -> list[dict[str, Any]]:
+    """The audit findings stored with the item (contract dicts: rule, severity, item, message…)."""
+    findings = detail.result.get("findings")
+    return [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
+
+
+def show_detail(detail: ReviewDetail, history_expanded: bool = False) -> None:
     """Everything about one item except the decision forms."""
-    prescription = ui.g(detail, "prescription") or {}
-    findings = (ui.g(detail, "result") or {}).get("findings") or []
+    prescription = detail.prescription
+    findings = findings_of(detail)
     header_block(detail)
     patient_block(prescription)
     st.markdown("##### 药品 Items")

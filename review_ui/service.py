@@ -16,19 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 import streamlit as st
 
-from review_ui import stats_extra
 from review_ui.auth import User
-from rx_audit.errors import NotFoundError
+from rx_audit import NotFoundError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from rx_audit.queue import Reason, ReviewDetail, ReviewItem, ReviewQueue, SearchHit
+    from rx_audit import QueueStatistics, Reason, ReviewDetail, ReviewItem, ReviewQueue, SearchHit
 
 
 def scope_for(user: User) -> tuple[str, ...] | None:
@@ -41,9 +37,8 @@ def scope_for(user: User) -> tuple[str, ...] | None:
 class ReviewService:
     """The queue as one signed-in user may use it. Decisions are always signed with ``user.id``."""
 
-    def __init__(self, queue: ReviewQueue, user: User, stats_engine: Engine | None = None, cache_key: str = "") -> None:
+    def __init__(self, queue: ReviewQueue, user: User, cache_key: str = "") -> None:
         self._queue = queue
-        self._stats_engine = stats_engine
         self._cache_key = cache_key  # the database URL: cached figures are per database *and* scope
         self.user = user
         self.scope: tuple[str, ...] | None = scope_for(user)
@@ -90,22 +85,16 @@ class ReviewService:
         hits = self._queue.search(**query, scope=self._scope_arg)
         return [h for h in hits if self.in_scope(h.facility_id)]
 
-    def statistics(self, date_from: date | None, date_to: date | None) -> dict[str, Any]:
+    def statistics(self, date_from: date | None, date_to: date | None) -> QueueStatistics:
         # Cached for a minute, keyed by the scope too: an admin's figures must never be served to a
         # pharmacist of one facility from the shared cache.
         return _cached_statistics(self._queue, self._cache_key, self.scope, date_from, date_to)
 
-    def grouped_rates(self, dimension: str, date_from: date | None, date_to: date | None) -> pd.DataFrame:
-        if self._stats_engine is None:
-            raise RuntimeError("no statistics engine")
-        return _cached_rates(self._stats_engine, self._cache_key, self.scope, dimension, date_from, date_to)
-
-    def reasons(self, kind: str) -> list[Reason]:
-        return self._queue.reasons(kind)  # type: ignore[arg-type]
+    def reasons(self, kind: Literal["approve", "return"]) -> list[Reason]:
+        return self._queue.reasons(kind)
 
     def claimed_by_me(self) -> list[ReviewItem]:
-        # The queue has no claimed_by filter; claimed items are few (one or two per pharmacist).
-        return [i for i in self.list_items(status="claimed", limit=500) if i.claimed_by == self.user.id]
+        return self.list_items(status="claimed", claimed_by=self.user.id)
 
     # --- actions (always as this user) ------------------------------------------------------
 
@@ -127,17 +116,5 @@ class ReviewService:
 @st.cache_data(ttl=60, show_spinner="统计中 computing…")
 def _cached_statistics(
     _queue: ReviewQueue, cache_key: str, scope: tuple[str, ...] | None, date_from: date | None, date_to: date | None
-) -> dict[str, Any]:
+) -> QueueStatistics:
     return _queue.statistics(date_from=date_from, date_to=date_to, scope=list(scope) if scope is not None else None)
-
-
-@st.cache_data(ttl=60, show_spinner="统计中 computing…")
-def _cached_rates(
-    _engine: Engine,
-    cache_key: str,
-    scope: tuple[str, ...] | None,
-    dimension: str,
-    date_from: date | None,
-    date_to: date | None,
-) -> pd.DataFrame:
-    return stats_extra.grouped_rates(_engine, dimension, date_from, date_to, scope=scope)

@@ -3,22 +3,19 @@
 Signed out, only the sign-in page exists: no page that could show patient data is even
 registered with ``st.navigation``. Signed in, pharmacists get 审方工作台 / 检索 / 统计 / 规则库;
 admins also get 管理.
+
+``review_ui`` is a package of the ``rx-audit`` distribution (``pip install 'rx-audit[ui]'``, or
+``pip install -e '.[test]'`` in a checkout): the pages import it like any installed package.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from review_ui import auth, backend, ui  # noqa: E402
-from review_ui.auth import ROLE_LABELS  # noqa: E402
+from review_ui import auth, backend, ui
+from review_ui.auth import ROLE_LABELS
 
 logging.getLogger("rx_audit").setLevel(logging.INFO)
 

@@ -1,23 +1,29 @@
 """Labels, colours and formatting shared by the pages. No HTML: colours via Streamlit markdown
-colour directives and pandas Styler only (raw HTML is never enabled)."""
+colour directives and pandas Styler only (raw HTML is never enabled).
+
+The order of the severities, their Chinese words, the categories' Chinese names and the queue's
+statuses are rx_audit's (``Severity.rank``/``label_zh``, ``Category.label_zh``, ``STATUSES``,
+``READY_STATUSES``); only icons, colours and the bilingual wording of the screen live here.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from rx_audit.models import CATEGORY_LABELS_ZH
+from rx_audit import READY_STATUSES, STATUSES, Category, Severity
 
-SEVERITIES = ("critical", "warning", "info")
-SEVERITY_LABELS: dict[Any, Any] = {"critical": "拦截 critical", "warning": "警示 warning", "info": "提示 info"}
-SEVERITY_ICONS: dict[Any, Any] = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
-SEVERITY_MD_COLOR: dict[Any, Any] = {"critical": "red", "warning": "orange", "info": "blue"}
-SEVERITY_BG: dict[Any, Any] = {"critical": "#fde2e1", "warning": "#fff1d6", "info": "#e3f0ff"}
-SEVERITY_RANK: dict[Any, Any] = {"info": 1, "warning": 2, "critical": 3}
+# Most severe first (the order of the filters and of the findings on screen).
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in sorted(Severity, key=lambda s: s.rank, reverse=True))
+SEVERITY_ICONS: dict[str, str] = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+SEVERITY_MD_COLOR: dict[str, str] = {"critical": "red", "warning": "orange", "info": "blue"}
+SEVERITY_BG: dict[str, str] = {"critical": "#fde2e1", "warning": "#fff1d6", "info": "#e3f0ff"}
 
-CATEGORIES = tuple(CATEGORY_LABELS_ZH)
-STATUS_LABELS: dict[Any, Any] = {
+CATEGORIES: tuple[str, ...] = tuple(c.value for c in Category)
+# The queue's statuses in Chinese and English, and the two verdicts search offers besides them.
+STATUS_LABELS: dict[str, str] = {
     "pending": "待审 pending",
     "claimed": "审核中 claimed",
     "approved": "已通过 approved",
@@ -28,14 +34,17 @@ STATUS_LABELS: dict[Any, Any] = {
     "flagged": "需审核 flagged",
     "clean": "未拦截 clean",
 }
-READY_STATUSES = ("pending", "double_signed", "escalated")
-ACTION_LABELS: dict[Any, Any] = {
+VERDICTS: tuple[str, ...] = ("flagged", "clean", *STATUSES)
+READY: tuple[str, ...] = tuple(READY_STATUSES)
+# Statuses an item reaches after it left the line of ready ones (claimed, decided, timed out).
+NOT_READY: tuple[str, ...] = tuple(s for s in STATUSES if s not in READY_STATUSES)
+ACTION_LABELS: dict[str, str] = {
     "approve": "通过 approved",
     "return": "退回 returned",
     "double_sign": "医生双签 double-signed",
     "timeout_pass": "超时通过 timeout pass",
 }
-SEX_LABELS: dict[Any, Any] = {"M": "男 M", "F": "女 F", "U": "未知 U"}
+SEX_LABELS: dict[str, str] = {"M": "男 M", "F": "女 F", "U": "未知 U"}
 
 
 # --- text from outside (HIS payloads, findings that quote them, comments) ----------------------
@@ -79,32 +88,81 @@ def md(value: Any) -> str:
     return _MD_LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] is not None else f"{m[3]}\\{m[4]}", text, count=1)
 
 
+def _key(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def severity_of(value: Any) -> Severity | None:
+    """``value`` (a string or a Severity) as rx_audit's Severity, None when it is none of them."""
+    try:
+        return Severity(_key(value))
+    except ValueError:
+        return None
+
+
+def severity_rank(value: Any) -> int:
+    """rx_audit's order of the severities; 0 for none (or an unknown word)."""
+    severity = severity_of(value)
+    return severity.rank if severity is not None else 0
+
+
+def severity_icon(value: Any) -> str:
+    return SEVERITY_ICONS.get(str(_key(value)), "")
+
+
+def _severity_words(key: Any) -> str:
+    severity = severity_of(key)
+    return f"{severity.label_zh} {severity.value}" if severity is not None else str(key)
+
+
 def severity_label(value: Any) -> str:
-    key = getattr(value, "value", value)
+    """``🔴 拦截 critical``: icon, rx_audit's Chinese word, the English one."""
+    key = _key(value)
     if key is None:
         return "—"
-    return f"{SEVERITY_ICONS.get(key, '')} {SEVERITY_LABELS.get(key, key)}".strip()
+    return f"{SEVERITY_ICONS.get(key, '')} {_severity_words(key)}".strip()
 
 
 def severity_md(value: Any) -> str:
     """Coloured markdown badge for a severity (``:red-badge[...]``)."""
-    key = getattr(value, "value", value)
+    key = _key(value)
     if key is None:
         return "—"
     color = SEVERITY_MD_COLOR.get(key, "gray")
-    return f":{color}-badge[{md(SEVERITY_LABELS.get(key, key))}]"
+    return f":{color}-badge[{md(_severity_words(key))}]"
+
+
+def worst_severity(values: Any) -> str | None:
+    """The most severe of ``values`` (strings or Severity), None when there is none."""
+    worst = max((v for v in values if severity_of(v) is not None), key=severity_rank, default=None)
+    return str(_key(worst)) if worst is not None else None
+
+
+def at_least(value: Any) -> list[str]:
+    """The severities ``value`` or more severe (the queue filters by exact severities)."""
+    return [s for s in SEVERITIES if severity_rank(s) >= severity_rank(value)]
 
 
 def category_label(value: Any) -> str:
-    key = getattr(value, "value", value)
+    key = _key(value)
     if key is None:
         return "—"
-    zh = CATEGORY_LABELS_ZH.get(key)
-    return f"{zh} {key}" if zh else str(key)
+    try:
+        return f"{Category(key).label_zh} {key}"
+    except ValueError:
+        return str(key)
+
+
+def category_zh(value: Any) -> str:
+    """The category's Chinese name alone (the queue table), the word itself when unknown."""
+    try:
+        return Category(_key(value)).label_zh
+    except ValueError:
+        return str(value)
 
 
 def status_label(value: Any) -> str:
-    key = getattr(value, "value", value)
+    key = _key(value)
     return STATUS_LABELS.get(key, str(key)) if key is not None else "—"
 
 
@@ -146,11 +204,11 @@ def yes_no(value: Any) -> str:
     return "是 yes" if value else "否 no"
 
 
-def row_style_by_severity(column: str = "severity_key"):
+def row_style_by_severity(column: str = "severity_key") -> Callable[[Any], list[str]]:
     """A pandas Styler row function colouring a row by the hidden severity column."""
 
     def style(row: Any) -> list[str]:
-        color = SEVERITY_BG.get(row.get(column)) if hasattr(row, "get") else None
+        color = SEVERITY_BG.get(str(row.get(column))) if hasattr(row, "get") else None
         css = f"background-color: {color}" if color else ""
         return [css] * len(row)
 
@@ -160,15 +218,6 @@ def row_style_by_severity(column: str = "severity_key"):
 def day_range(days: int, today: date | None = None) -> tuple[date, date]:
     end = today or date.today()
     return end - timedelta(days=days - 1), end
-
-
-def g(obj: Any, name: str, default: Any = None) -> Any:
-    """Read ``name`` from a dict or an object (queue records may be either)."""
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
 
 
 def utc_age_seconds(value: Any, now: datetime | None = None) -> float | None:

@@ -6,6 +6,8 @@
 >>> result.flagged, [finding.rule for finding in result.findings]
 """
 
+from typing import TYPE_CHECKING
+
 from rx_audit.contract import (
     AuditResult,
     Category,
@@ -23,9 +25,11 @@ from rx_audit.errors import (
     NotFoundError,
     PrescriptionError,
     QueueError,
+    ReasonRequiredError,
     RulebookError,
     RulebookErrors,
     RxAuditError,
+    SchemaVersionError,
     StateError,
 )
 from rx_audit.io import iter_records
@@ -37,7 +41,27 @@ __version__ = "0.2.0"
 # The review queue needs the database stack (extra `queue`); it is imported on first use, so an HIS
 # that only audits never loads SQLAlchemy.
 _QUEUE_NAMES = frozenset({"ReviewQueue", "ReviewItem", "ReviewDetail", "Decision", "TrailEntry", "SearchHit",
-                          "Reason", "Submission", "VerifyResult", "migrate"})
+                          "Reason", "Submission", "VerifyResult", "migrate", "STATUSES", "READY_STATUSES",
+                          "QueueStatistics", "GroupStatistics", "Rate", "DecisionTime", "RuleOverride"})
+
+if TYPE_CHECKING:  # what __getattr__ returns, for type checkers (explicit re-exports; nothing imported at run time)
+    from rx_audit.queue import READY_STATUSES as READY_STATUSES
+    from rx_audit.queue import STATUSES as STATUSES
+    from rx_audit.queue import Decision as Decision
+    from rx_audit.queue import DecisionTime as DecisionTime
+    from rx_audit.queue import GroupStatistics as GroupStatistics
+    from rx_audit.queue import QueueStatistics as QueueStatistics
+    from rx_audit.queue import Rate as Rate
+    from rx_audit.queue import Reason as Reason
+    from rx_audit.queue import ReviewDetail as ReviewDetail
+    from rx_audit.queue import ReviewItem as ReviewItem
+    from rx_audit.queue import ReviewQueue as ReviewQueue
+    from rx_audit.queue import RuleOverride as RuleOverride
+    from rx_audit.queue import SearchHit as SearchHit
+    from rx_audit.queue import Submission as Submission
+    from rx_audit.queue import TrailEntry as TrailEntry
+    from rx_audit.queue import VerifyResult as VerifyResult
+    from rx_audit.queue import migrate as migrate
 
 
 def __getattr__(name: str) -> object:
@@ -66,11 +90,13 @@ __all__ = [
     "Prescription",
     "PrescriptionError",
     "QueueError",
+    "ReasonRequiredError",
     "RecordError",
     "Rulebook",
     "RulebookError",
     "RulebookErrors",
     "RxAuditError",
+    "SchemaVersionError",
     "Severity",
     "StateError",
     "iter_records",

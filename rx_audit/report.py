@@ -90,6 +90,9 @@ def render_replay(run: dict[str, Any]) -> str:
     """The replay summary (``ReplayRun.to_dict()``) as a page."""
     s = run["summary"]
     share = f"{s['flagged_share']:.1%}" if s.get("flagged_share") is not None else "—"
+    held = s.get("held_rate")  # the queue's held rate: flagged / audited, with what it is made of
+    if held and held.get("denominator"):
+        share += f" ({held['numerator']:,}/{held['denominator']:,})"
     body = [
         f"<p class=muted>{_e(run['file'])} · rulebook {_e(run.get('rulebook'))}</p>",
         _kpis(

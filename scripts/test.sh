@@ -10,6 +10,8 @@ eval "$(bash scripts/postgres.sh)"
 if [ -f scripts/browser.sh ]; then
   bash scripts/browser.sh
 fi
-.venv/bin/ruff check rx_audit review_ui tests benchmarks
+.venv/bin/ruff check rx_audit review_ui tests benchmarks   # incl. mccabe complexity <= 12 in rx_audit
+.venv/bin/mypy rx_audit review_ui
+.venv/bin/lint-imports                                     # the layer contracts in pyproject.toml
 .venv/bin/rx-audit rules check rules
 .venv/bin/python -m pytest tests "$@"

@@ -15,18 +15,19 @@ from typing import Any
 
 import yaml
 
-from rx_audit.models import Prescription
-from rx_audit.normalise import normalise_title, supply_days
-from rx_audit.rulebook import normalise_name
-from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, resolve_name
-from rx_audit.units import (
+from rx_audit.contract import Prescription
+from rx_audit.normalise import (
     TIMES_PER_DAY,
     dose_in_unit,
     normalise_form,
     normalise_frequency,
     normalise_icd,
     normalise_route,
+    normalise_title,
+    supply_days,
 )
+from rx_audit.rulebook import normalise_name
+from rx_audit.rulebook.names import NON_DRUG_ALLERGENS, allergen_parts, resolve_name
 
 
 @dataclass

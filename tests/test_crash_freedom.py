@@ -36,7 +36,7 @@ import pytest
 
 from benchmarks.generate_rulebook import stable_snapshot
 from rx_audit import Auditor, AuditResult, PrescriptionError
-from rx_audit.models import Category, Severity
+from rx_audit.contract import Category, Severity
 from tests.conftest import ROOT, RULES
 
 TOTAL = 100_000

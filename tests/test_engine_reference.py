@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from rx_audit.models import parse_prescription
+from rx_audit.contract import parse_prescription
 from tests import generate, reference
 
 # Fields whose "cannot check" twins are compared both ways; item fields (dose, frequency…) also

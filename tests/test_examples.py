@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rx_audit.examples import check_expectation, run_examples
+from rx_audit.engine.selftest import check_expectation, run_examples
 from tests.conftest import EXAMPLES
 
 

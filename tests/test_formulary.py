@@ -83,3 +83,21 @@ def test_a_formulary_naming_an_unknown_drug_fails_check_at_its_line(tmp_path):
     with pytest.raises(RulebookError) as caught:
         load_rulebook(root)
     assert "formularies/bad.yaml:5" in str(caught.value)
+
+
+def test_cli_imports_and_reports_every_line(rules_copy, tmp_path):
+    """`rx-audit formulary import`: one summary line with the counts; a missing file is one clear line."""
+    import subprocess
+    import sys
+
+    export = tmp_path / "his2.csv"
+    with export.open("w", encoding="utf-8", newline="") as stream:
+        csv.writer(stream).writerows(LINES)
+    cli = [sys.executable, "-m", "rx_audit.cli", "formulary", "import"]
+    done = subprocess.run([*cli, str(export), "--facility", "HXZ", "--rules", str(rules_copy)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "3 行 lines: 2 matched, 1 unmatched" in done.stdout and (rules_copy / "formularies" / "HXZ.yaml").exists()
+    missing = subprocess.run([*cli, str(tmp_path / "nope.csv"), "--facility", "HXZ", "--rules", str(rules_copy)],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr

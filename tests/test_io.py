@@ -8,8 +8,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rx_audit.contract import RecordError
 from rx_audit.io import iter_records
-from rx_audit.models import RecordError
 
 records = st.lists(st.fixed_dictionaries({"id": st.text(min_size=1, max_size=8), "n": st.integers()}), max_size=30)
 

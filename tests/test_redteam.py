@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rx_audit import Auditor
+from rx_audit.contract import RecordError, parse_prescription
 from rx_audit.engine import facts_for, resolve
 from rx_audit.errors import PrescriptionError, RulebookError
-from rx_audit.models import RecordError, parse_prescription
 from rx_audit.rulebook import load_rulebook
 from tests.conftest import EXAMPLES, ROOT, RULES
 
@@ -187,7 +187,7 @@ def test_hostile_records_are_refused_one_by_one_and_the_batch_goes_on(auditor):
 def test_a_strength_unit_of_many_spaces_is_read_in_linear_time():
     """The strength regex once backtracked: 10,000 spaces took 120 s. Run apart, so a regression fails, not hangs."""
     code = (
-        "from rx_audit.units import dose_in_unit\n"
+        "from rx_audit.normalise import dose_in_unit\n"
         "for n in (2_000, 10_000, 200_000):\n"
         "    assert dose_in_unit(2, '片', 'mg', (500, 'mg' + ' ' * n + '/x y')) is None\n"
         "print('ok')\n"

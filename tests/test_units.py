@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rx_audit.units import (
+from rx_audit.normalise import (
     TIMES_PER_DAY,
     canonical_unit,
     dose_in_unit,

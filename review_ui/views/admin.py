@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, rulebook_check, ui
+from review_ui import backend, catalog, rulebook_check, ui
 from review_ui.auth import ROLE_LABELS
-from rx_audit.errors import RulebookError
+from rx_audit import RulebookError
 
 log = logging.getLogger("rx_audit.review_ui.admin")
 
@@ -29,13 +29,14 @@ def reload_history() -> tuple[threading.Lock, list[dict[str, str]]]:
 
 st.title("⚙️ 管理 Admin")
 
-live = auditor.rulebook
+live = auditor.rulebook  # read once: its hash and its contents belong together
 st.subheader("在用规则库 Live rulebook")
-c1, c2, c3 = st.columns(3)
-c1.metric("药品 drugs", len(live.drugs))
-c2.metric("规则 rules", len(live.rules_by_id()))
-c3.metric("目录 folder", Path(str(live.root)).name or str(live.root))
-st.code(auditor.rulebook_hash, language=None)
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("药品 drugs", f"{len(catalog.drugs(live)):,}")
+c2.metric("有专论 monographs", f"{sum(1 for drug in catalog.drugs(live) if drug.monograph):,}")
+c3.metric("规则 rules", f"{len(catalog.rules(live)):,}")
+c4.metric("目录 folder", Path(str(live.root)).name or str(live.root))
+st.code(live.hash, language=None)
 st.caption(f"路径 path `{live.root}` · 配置 configured `{settings.rules}` ({settings.sources.get('rules', '')})")
 
 st.subheader("加载新版本 Load a new rulebook version")
@@ -63,23 +64,37 @@ if report is not None and report.path == path:
         )
     elif report.fingerprint is None:
         st.error("不是规则库目录或目录过大，不能启用 (not a rulebook folder, or too big; cannot activate).")
+    elif report.result is None:
+        st.error("检查未完成（检查进程没有给出结果），不能启用 (the check did not finish: no report from the "
+                 "check process; this rulebook cannot be activated).")
     elif not report.ok:
-        st.error("检查未通过（规则库有错误或示例未通过），不能启用 (check failed: errors or failing examples; "
-                 "this rulebook cannot be activated).")
+        found = report.result
+        st.error(
+            f"检查未通过（规则库有 {len(found.errors)} 个错误，{len(found.examples_failed)} 个示例未通过），不能启用 "
+            f"(check failed: {len(found.errors)} errors, {len(found.examples_failed)} failing examples; "
+            "this rulebook cannot be activated)."
+        )
+    if report.result is not None and not report.result.errors:
+        found = report.result
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("药品 drugs", f"{found.drugs:,}")
+        m2.metric("规则 rules", f"{found.rules:,}")
+        m3.metric("示例通过 examples passed", f"{found.examples_passed:,}")
+        m4.metric("示例未通过 examples failed", f"{len(found.examples_failed):,}")
     for run in report.runs:
         exit_note = f" → exit {run.returncode}" if run.returncode is not None else ""
-        st.caption(ui.md("rx-audit " + " ".join(run.args[-3:])) + exit_note)
+        st.caption("rx_audit.check_rulebook " + ui.md(Path(report.path).name or report.path) + exit_note)
         if run.error:
             st.code(run.error, language=None)
         st.code(run.output.strip() or "(无输出 no output)", language=None)  # plain text, never Markdown
     if report.ok:
-        same = report.hash == auditor.rulebook_hash
+        same = report.hash == live.hash
         st.success(
             f"检查通过 check passed: {ui.md(report.hash or '?')}"
             + (" — 与在用版本相同 (same as live)" if same else "")
         )
         if st.button("启用此版本 Activate", type="primary", key="admin_activate", disabled=same):
-            previous = auditor.rulebook_hash
+            previous = live.hash
             if rulebook_check.fingerprint(path) != report.fingerprint:
                 # Only content that was checked may be loaded in this process.
                 st.session_state.pop("admin_report", None)
@@ -121,8 +136,8 @@ if rows:
 st.subheader("审方队列 Review queue")
 service = backend.service(settings, user)  # an admin's scope is every facility
 st.caption(f"数据库 database `{settings.redacted_db_url()}` ({settings.sources.get('db_url', '')})")
-counts = {"pending": service.count(status=list(ui.READY_STATUSES))}
-counts.update({status: service.count(status=status) for status in ("claimed", "approved", "returned", "auto_passed")})
+counts = {"pending": service.count(status=list(ui.READY))}
+counts.update({status: service.count(status=status) for status in ui.NOT_READY})
 cols = st.columns(len(counts))
 for col, (status, value) in zip(cols, counts.items(), strict=True):
     col.metric(ui.status_label(status), f"{value:,}")

@@ -1,4 +1,9 @@
-"""规则库 Rulebook — browse drugs and rules with their sources; 试审: audit without queueing."""
+"""规则库 Rulebook — browse drugs and rules with their sources; 试审: audit without queueing.
+
+Drugs and rules come from rx_audit's public views (``review_ui.catalog``): messages with the drug's
+Chinese name, a search by Chinese or English name, synonym, ATC code or rule id that finds every
+rule of the drug, monographs and dictionary-only drugs told apart.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,21 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, ui
-from rx_audit.errors import RxAuditError
+from review_ui import backend, catalog, ui
+from rx_audit import AuditResult, RxAuditError
 
 backend.require_user()
 settings = backend.settings_or_stop()
 auditor = backend.auditor(settings)
-rulebook = auditor.rulebook
+rulebook = auditor.rulebook  # read once: a hot swap during this run cannot mix two versions
+all_drugs = catalog.drugs(rulebook)
+all_rules = catalog.rules(rulebook)
+monographs = sum(1 for drug in all_drugs if drug.monograph)
 
 st.title("📚 规则库 Rulebook")
 st.caption(
-    f"在用版本 live version `{auditor.rulebook_hash}` · {len(rulebook.drugs)} 种药品 drugs · "
-    f"{len(rulebook.rules_by_id())} 条规则 rules · 目录 `{rulebook.root}`"
+    f"在用版本 live version `{rulebook.hash}` · {len(all_drugs)} 种药品 drugs（{monographs} 种有专论 with a "
+    f"monograph）· {len(all_rules)} 条规则 rules · 目录 `{rulebook.root}`"
 )
 
 SAMPLE: dict[str, Any] = {
@@ -54,50 +62,9 @@ SAMPLE: dict[str, Any] = {
 }
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def rules_table(rulebook_hash: str) -> pd.DataFrame:
-    # Keyed by the rulebook hash: a reload gives a new table, browsing never recomputes.
-    rows = []
-    for rule in rulebook.rules_by_id().values():
-        rows.append(
-            {
-                "规则 rule": rule.id,
-                "药品 drug": rule.drug or "",
-                "类别 category": ui.category_label(rule.category),
-                "等级 severity": ui.severity_label(rule.severity),
-                "提示 message": rule.message,
-                "来源文件 source": rule.source,
-                "临床依据 reference": rule.reference or "",
-                "category_key": rule.category,
-                "missing_key": bool(rule.missing_field),
-                "severity_key": rule.severity,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def drugs_table(rulebook_hash: str) -> pd.DataFrame:
-    rows = []
-    for drug in sorted(rulebook.drugs.values(), key=lambda d: d.id):
-        rows.append(
-            {
-                "id": drug.id,
-                "中文名 name": drug.name,
-                "别名 synonyms": "、".join(drug.names),
-                "ATC": ", ".join(drug.atc),
-                "类别 classes": ", ".join(drug.classes),
-                "剂型→途径 forms": "; ".join(f"{k}: {', '.join(v)}" for k, v in drug.forms.items()),
-                "长期用药 chronic": "是" if drug.chronic else "",
-                "依据 source": drug.source,
-                "文件 file": f"{drug.path}:{drug.line}",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def show_result(result: Any) -> None:
-    severity = result.severity.value if result.severity else None
+def show_result(result: AuditResult) -> None:
+    # Severity is a StrEnum; the models may hold it as its plain value (str() gives the value either way).
+    severity = str(result.severity) if result.severity else None
     if result.flagged:
         st.error(
             f"需药师审核 flagged · 最高等级 {ui.severity_label(severity)} · {len(result.findings)} 条发现 findings"
@@ -107,8 +74,8 @@ def show_result(result: Any) -> None:
     else:
         st.success("未发现问题 no findings")
     for finding in result.findings:
-        level = getattr(finding.severity, "value", finding.severity)
-        box = {"critical": st.error, "warning": st.warning}.get(str(level), st.info)
+        level = str(finding.severity)
+        box = {"critical": st.error, "warning": st.warning}.get(level, st.info)
         # The pasted prescription is outside text (drug names end up in messages and evidence).
         item = f"第{ui.md(finding.item)}项 item {ui.md(finding.item)} · " if finding.item else ""
         text = (
@@ -124,7 +91,7 @@ def show_result(result: Any) -> None:
         st.json(result.to_contract())
 
 
-def trial_audit(record: Any) -> None:
+def trial_audit(record: dict[str, Any] | str) -> None:
     try:
         result = auditor.audit(record)
     except RxAuditError as error:
@@ -136,38 +103,34 @@ def trial_audit(record: Any) -> None:
 tab_rules, tab_drugs, tab_trial = st.tabs(["规则 Rules", "药品 Drugs", "试审 Trial audit"])
 
 with tab_rules:
-    table = rules_table(auditor.rulebook_hash)
-    c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 3, 2])
-    drug_ids = sorted({d for d in table["药品 drug"] if d}) if not table.empty else []
-    drug_filter = c1.multiselect("药品 drug", drug_ids, key="rb_drug", placeholder="全部 all")
+    table = catalog.rules_table(rulebook)
+    c1, c2, c3 = st.columns([4, 2, 2])
+    text_filter = c1.text_input(
+        "搜索 search（药名/英文名/别名/ATC/规则id/提示/来源 drug name, synonym, ATC, rule id, message, source）",
+        key="rb_text",
+        placeholder="例 e.g. 二甲双胍 · metformin · A10BA02 · egfr",
+    )
     category_filter = c2.multiselect(
         "类别 category", ui.CATEGORIES, format_func=ui.category_label, key="rb_cat", placeholder="全部 all"
     )
     severity_filter = c3.multiselect(
         "等级 severity", ui.SEVERITIES, format_func=ui.severity_label, key="rb_sev", placeholder="全部 all"
     )
-    text_filter = c4.text_input("搜索 search (规则id/提示/来源)", key="rb_text")
     shown = table
-    show_missing = c5.checkbox(
-        "含缺数据提示 show missing-data rules",
-        key="rb_missing",
-        help="规则所需数据缺失时给出的提示（info）规则 (the info twins of rules whose data is missing)",
-    )
     if not shown.empty:
-        if not show_missing:
-            shown = shown[~shown["missing_key"]]
-        if drug_filter:
-            shown = shown[shown["药品 drug"].isin(drug_filter)]
         if category_filter:
             shown = shown[shown["category_key"].isin(category_filter)]
         if severity_filter:
             shown = shown[shown["severity_key"].isin(severity_filter)]
-        if text_filter:
+        if text_filter.strip():
+            # Every rule of the drugs the text names (any name, synonym, ATC) or whose id has it…
+            of_drug = shown["规则 rule"].isin(catalog.rule_ids_for(rulebook, text_filter))
+            # …and, as before, rules whose message, source or reference mentions it.
             needle = text_filter.strip().lower()
-            mask = shown[["规则 rule", "提示 message", "来源文件 source", "临床依据 reference"]].apply(
+            in_text = shown[["提示 message", "来源文件 source", "临床依据 reference"]].apply(
                 lambda col: col.str.lower().str.contains(needle, regex=False)
             )
-            shown = shown[mask.any(axis=1)]
+            shown = shown[of_drug | in_text.any(axis=1)]
     st.caption(f"{len(shown)} / {len(table)} 条规则 rules")
     st.dataframe(
         shown.style.apply(ui.row_style_by_severity(), axis=1),
@@ -177,9 +140,37 @@ with tab_rules:
     )
 
 with tab_drugs:
-    drugs = drugs_table(auditor.rulebook_hash)
-    st.caption(f"{len(drugs)} 种药品 drugs")
-    st.dataframe(drugs, hide_index=True, width="stretch")
+    drugs = catalog.drugs_table(rulebook)
+    d1, d2 = st.columns([4, 3])
+    drug_text = d1.text_input(
+        "搜索药品 find a drug（中文名/英文名/别名/ATC Chinese or English name, synonym, ATC）", key="rb_drug_text"
+    )
+    which = d2.segmented_control(
+        "规则 rules",
+        ["全部 all", catalog.MONOGRAPH, catalog.DICTIONARY_ONLY],
+        default="全部 all",
+        key="rb_drug_kind",
+        help="专论：有本药的剂量等专属规则；仅词典：按类别规则（过敏、相互作用、重复用药）审核，剂量未核对 "
+        "(monograph: the drug's own rules; dictionary only: audited by the class rules, dose not checked)",
+    )
+    shown_drugs = drugs
+    if not shown_drugs.empty:
+        if which == catalog.MONOGRAPH:
+            shown_drugs = shown_drugs[shown_drugs["monograph_key"]]
+        elif which == catalog.DICTIONARY_ONLY:
+            shown_drugs = shown_drugs[~shown_drugs["monograph_key"]]
+        if drug_text.strip():
+            shown_drugs = shown_drugs[shown_drugs["id"].isin(catalog.drug_ids_for(rulebook, drug_text))]
+    st.caption(
+        f"{len(shown_drugs)} / {len(drugs)} 种药品 drugs · {monographs} 种有专论 monograph · "
+        f"{len(drugs) - monographs} 种仅词典 dictionary only"
+    )
+    st.dataframe(
+        shown_drugs,
+        hide_index=True,
+        width="stretch",
+        column_order=[c for c in shown_drugs.columns if not c.endswith("_key")],
+    )
 
 with tab_trial:
     st.caption("试审不会进入审方队列 (a trial audit is not queued).")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from review_ui import backend, ui
 from review_ui import detail as detail_view
-from rx_audit.errors import NotFoundError
+from rx_audit import NotFoundError
 
 user = backend.require_user()
 settings = backend.settings_or_stop()
@@ -33,18 +33,7 @@ def show_item(item_id: int) -> None:
     detail_view.show_detail(detail, history_expanded=True)
 
 
-VERDICTS = [
-    None,
-    "flagged",
-    "clean",
-    "pending",
-    "claimed",
-    "approved",
-    "returned",
-    "double_signed",
-    "escalated",
-    "auto_passed",
-]
+VERDICTS: list[str | None] = [None, *ui.VERDICTS]  # any; flagged or clean; one of the queue's statuses
 
 with st.form("search"):
     c1, c2, c3 = st.columns(3)

@@ -4,13 +4,16 @@ facility, prescriber, category and rule; per-rule override rate (rules pharmacis
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from review_ui import backend, ui
+
+if TYPE_CHECKING:
+    from rx_audit import GroupStatistics, QueueStatistics, Rate
 
 user = backend.require_user()
 settings = backend.settings_or_stop()
@@ -44,30 +47,68 @@ st.caption(f"{date_from} — {date_to}" if date_from else "全部日期 all date
 if service.scope is not None:
     st.caption("范围 scope: " + ui.md(", ".join(service.scope)))
 
-# Both cached per (database, scope, period) inside the service.
-stats = service.statistics(date_from, date_to)
+# One statistics API (rx_audit.QueueStatistics): totals, rates with numerator and denominator, the
+# same per day, facility, prescriber, severity, category and rule. Cached per (database, scope,
+# period) inside the service.
+stats: QueueStatistics = service.statistics(date_from, date_to)
 
 
 def pct(value: Any) -> str:
     return f"{value * 100:.1f}%" if isinstance(value, (int, float)) else "—"
 
 
-ttd = stats.get("time_to_decision_seconds") or {}
+def of(rate: Rate) -> str:
+    return f"{rate.numerator:,} / {rate.denominator:,}"
+
+
+ttd = stats.time_to_decision_seconds
 m = st.columns(6)
-m[0].metric("审核处方 audited", f"{stats.get('prescriptions', 0):,}")
-m[1].metric("拦截率 held rate", pct(stats.get("held_rate")), help="需药师审核的处方 / 全部审核处方 (flagged / audited)")
+m[0].metric("审核处方 audited", f"{stats.prescriptions:,}")
+m[1].metric(
+    "拦截率 held rate",
+    pct(stats.held_rate.value),
+    help=f"需药师审核的处方 / 全部审核处方 (flagged / audited): {of(stats.held_rate)}",
+)
 m[2].metric(
     "审后通过率 passed after review",
-    pct(stats.get("pass_after_review_rate")),
-    help="药师通过 / 药师已决定 (approved / decided)",
+    pct(stats.pass_after_review_rate.value),
+    help=f"药师通过 / 药师已决定 (approved / decided): {of(stats.pass_after_review_rate)}",
 )
-m[3].metric("退回率 returned rate", pct(stats.get("returned_rate")), help="退回医生 / 药师已决定 (returned / decided)")
+m[3].metric(
+    "退回率 returned rate",
+    pct(stats.returned_rate.value),
+    help=f"退回医生 / 药师已决定 (returned / decided): {of(stats.returned_rate)}",
+)
 m[4].metric(
     "决策时间中位数 median time to decision",
-    ui.format_age(ttd.get("median")),
-    help=f"P90 {ui.format_age(ttd.get('p90'))} · 最长 max {ui.format_age(ttd.get('max'))}",
+    ui.format_age(ttd.median),
+    help=f"P90 {ui.format_age(ttd.p90)} · 最长 max {ui.format_age(ttd.max)}",
 )
-m[5].metric("待审 waiting", f"{stats.get('pending', 0):,}")
+m[5].metric("待审 waiting", f"{stats.pending:,}")
+
+
+def rates_frame(groups: list[GroupStatistics], by: str) -> pd.DataFrame:
+    """One row per group: audits, held rate, decided, pass/return rates, median minutes to decision."""
+    rows = [
+        {
+            by: group.key,
+            "audits": group.prescriptions,
+            "held": group.flagged,
+            "held_rate": group.held_rate.value if group.held_rate else None,
+            "items": group.items,
+            "decided": group.decided,
+            "pass_after_review_rate": group.pass_after_review_rate.value,
+            "returned_rate": group.returned_rate.value,
+            "median_minutes_to_decision": (
+                round(group.time_to_decision_seconds.median / 60, 1)
+                if group.time_to_decision_seconds.median is not None
+                else None
+            ),
+        }
+        for group in groups
+    ]
+    return pd.DataFrame(rows)
+
 
 RATES = {"held_rate": "拦截率 held", "pass_after_review_rate": "审后通过率 passed", "returned_rate": "退回率 returned"}
 
@@ -117,6 +158,7 @@ def rate_table(frame: pd.DataFrame) -> None:
             "median_minutes_to_decision": st.column_config.NumberColumn("决策时间中位数(分) median min"),
             "audits": "审核 audits",
             "held": "拦截 held",
+            "items": "待药师审核 items",
             "decided": "已决定 decided",
         },
     )
@@ -127,7 +169,7 @@ tab_day, tab_facility, tab_prescriber, tab_category, tab_rule = st.tabs(
 )
 
 with tab_day:
-    frame = service.grouped_rates("day", date_from, date_to)
+    frame = rates_frame([g for g in stats.by_day if g.key != "(none)"], "day")
     rate_chart(frame, "day", "每日比率 daily rates", temporal=True)
     if not frame.empty and frame["median_minutes_to_decision"].notna().any():
         st.bar_chart(
@@ -138,21 +180,28 @@ with tab_day:
     rate_table(frame)
 
 with tab_facility:
-    frame = service.grouped_rates("facility", date_from, date_to)
+    frame = rates_frame(stats.by_facility, "facility")
     rate_chart(frame.head(30), "facility", "按机构 by facility")
     rate_table(frame)
 
 with tab_prescriber:
-    frame = service.grouped_rates("prescriber", date_from, date_to)
+    frame = rates_frame(stats.by_prescriber, "prescriber")
     st.caption("按审核量排序，前200名 (top 200 by volume)")
     rate_chart(frame.head(30), "prescriber", "按医生 by prescriber (前30 top 30)")
     rate_table(frame)
 
 with tab_category:
-    by_category = stats.get("by_category") or {}
-    if by_category:
+    if stats.by_category:
         frame = pd.DataFrame(
-            [{"类别 category": ui.category_label(k), "处方数 items": v} for k, v in by_category.items()]
+            [
+                {
+                    "类别 category": ui.category_label(g.key),
+                    "处方数 items": g.items,
+                    "审后通过率 passed": g.pass_after_review_rate.value,
+                    "退回率 returned": g.returned_rate.value,
+                }
+                for g in stats.by_category
+            ]
         )
         st.altair_chart(
             alt.Chart(frame)
@@ -165,19 +214,32 @@ with tab_category:
             .properties(title="各类问题的处方数 items by category"),
             width="stretch",
         )
-        st.dataframe(frame, hide_index=True, width="stretch")
+        st.dataframe(
+            frame,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "审后通过率 passed": st.column_config.NumberColumn(format="percent"),
+                "退回率 returned": st.column_config.NumberColumn(format="percent"),
+            },
+        )
     else:
         st.caption("无数据 (no data)")
-    by_severity = stats.get("by_severity") or {}
-    if by_severity:
+    if stats.by_severity:
         st.dataframe(
             pd.DataFrame(
                 [
-                    {"等级 severity": ui.severity_label(k if k != "(none)" else None), "数量 items": v}
-                    for k, v in by_severity.items()
+                    {
+                        "等级 severity": ui.severity_label(g.key if g.key != "(none)" else None),
+                        "审核 audits": g.prescriptions,
+                        "数量 items": g.items,
+                        "拦截率 held": g.held_rate.value if g.held_rate else None,
+                    }
+                    for g in stats.by_severity
                 ]
             ),
             hide_index=True,
+            column_config={"拦截率 held": st.column_config.NumberColumn(format="percent")},
         )
 
 with tab_rule:
@@ -185,7 +247,12 @@ with tab_rule:
         "**规则放行率 per-rule override rate** — 药师审核后仍通过的比例；放行率高的规则是需要修订的候选。"
         " (Rules pharmacists dismiss most are candidates to fix.)"
     )
-    overrides = pd.DataFrame(stats.get("rule_override") or [])
+    overrides = pd.DataFrame(
+        [
+            {**row.model_dump(exclude={"override_rate"}), "override_rate": row.override_rate.value}
+            for row in stats.rule_override
+        ]
+    )
     if overrides.empty:
         st.caption("无数据 (no data)")
     else:

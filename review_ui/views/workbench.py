@@ -7,14 +7,17 @@ indexed aggregate queries, the list shows one page; nothing loads the whole tabl
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import streamlit as st
 
 from review_ui import backend, ui
 from review_ui import detail as detail_module
-from rx_audit.errors import NotFoundError, QueueError, ReasonRequiredError, StateError
+from rx_audit import NotFoundError, QueueError, ReasonRequiredError, StateError
+
+if TYPE_CHECKING:
+    from rx_audit import ReviewDetail, ReviewItem
 
 log = logging.getLogger("rx_audit.review_ui.workbench")
 
@@ -55,9 +58,7 @@ def filters() -> dict[str, Any]:
     return {
         "facilities": list(facilities) or (list(user.facilities) or None),
         # "≥ warning" means warning or critical: the queue filters by exact severities.
-        "severity": None
-        if severity is None
-        else [s for s in ui.SEVERITIES if ui.SEVERITY_RANK[s] >= ui.SEVERITY_RANK[severity]],
+        "severity": None if severity is None else ui.at_least(severity),
         "category": category,
         "department": department,
     }
@@ -79,14 +80,14 @@ def list_filters(f: dict[str, Any]) -> dict[str, Any]:
 def queue_overview(f: dict[str, Any], compact: bool) -> None:
     """Counts, oldest waiting time and the next page of the queue; reruns by itself."""
     filters_now = list_filters(f)
-    pending = service.count(status=list(ui.READY_STATUSES), **filters_now)
+    pending = service.count(status=list(ui.READY), **filters_now)
     oldest = service.oldest_pending_age_seconds()
     mine = service.claimed_by_me()
     c1, c2, c3 = st.columns(3)
     c1.metric("待审 pending", f"{pending:,}")
     c2.metric("最久等待 oldest waiting", ui.format_age(oldest))
     c3.metric("我审核中 claimed by me", f"{len(mine):,}")
-    items = service.list_items(status=list(ui.READY_STATUSES), limit=min(settings.page_size, 15), **filters_now)
+    items = service.list_items(status=list(ui.READY), limit=min(settings.page_size, 15), **filters_now)
     if not items:
         st.caption("队列为空 (the queue is empty) ✓")
         return
@@ -97,7 +98,7 @@ def queue_overview(f: dict[str, Any], compact: bool) -> None:
         queue_table(items)
 
 
-def queue_table(items: list[Any]) -> None:
+def queue_table(items: list[ReviewItem]) -> None:
     frame = pd.DataFrame(
         [
             {
@@ -107,7 +108,7 @@ def queue_table(items: list[Any]) -> None:
                 "状态 status": ui.status_label(i.status),
                 "机构 facility": i.facility_name or i.facility_id,
                 "科室 department": i.department,
-                "类别 categories": "、".join(ui.CATEGORY_LABELS_ZH.get(c, c) for c in i.categories),
+                "类别 categories": "、".join(ui.category_zh(c) for c in i.categories),
                 "等待 waiting": ui.format_age(ui.utc_age_seconds(i.queued_at)),
                 "severity_key": i.severity,
             }
@@ -146,15 +147,14 @@ def claim_next(f: dict[str, Any]) -> None:
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def reason_options(db_url: str, kind: str) -> dict[str, str]:
+def reason_options(db_url: str, kind: Literal["approve", "return"]) -> dict[str, str]:
     return {r.code: f"{r.code} {r.label}" + (f" ({r.label_en})" if r.label_en else "") for r in service.reasons(kind)}
 
 
-def is_critical(detail: Any) -> bool:
+def is_critical(detail: ReviewDetail) -> bool:
     """The item (or any of its findings) is at the 拦截 critical level."""
-    findings = (ui.g(detail, "result") or {}).get("findings") or []
-    severities = {ui.g(ui.g(detail, "item"), "severity"), *(f.get("severity") for f in findings)}
-    return "critical" in severities
+    severities = [detail.item.severity, *(f.get("severity") for f in detail_module.findings_of(detail))]
+    return ui.worst_severity(severities) == "critical"
 
 
 def errors_key(item_id: int) -> str:

@@ -86,6 +86,27 @@ def explain(
     return _verdict(prescription, rulebook, findings, unaudited=bool(failures))
 
 
+def _evidence(rule: CompiledRule, fact: dict[str, Any], facts: Facts, covers: list[str] | None) -> dict[str, Any]:
+    """What fired the rule: the fields it read, its limits, and for a twin what is missing."""
+    evidence: dict[str, Any] = {}
+    for name in rule.evidence_fields:
+        if name == "dx":
+            evidence["diagnoses"] = facts.dx_codes
+        elif name in fact:
+            evidence[name] = _display(fact[name])
+    evidence.update((k, _display(v)) for k, v in rule.limits.items() if k not in ("value_field", "allergy_keys"))
+    if rule.missing_field is not None:
+        evidence["missing"] = rule.missing_field
+        evidence["rules"] = covers or list(rule.covers)
+    return evidence
+
+
+def _allergies_matched(rule: CompiledRule, fact: dict[str, Any], facts: Facts) -> list[str]:
+    """The allergy texts that fired an allergy rule ("$drug": a generic rule's key is the item's own drug)."""
+    keys = [fact.get("drug", "") if key == "$drug" else key for key in rule.limits["allergy_keys"]]
+    return list(dict.fromkeys(facts.allergy_text.get(key, key) for key in keys if key in fact.get("allergies", [])))
+
+
 def _without_generic_duplicates(findings: list[Finding]) -> list[Finding]:
     """A class duplicate rule (two paracetamol products: liver risk) says more than the generic
     shared-ingredient rule about the same two items: the generic one is dropped for that pair."""
@@ -130,17 +151,7 @@ def _finding(
     facts: Facts,
     covers: list[str] | None = None,
 ) -> Finding:
-    evidence: dict[str, Any] = {}
-    for name in rule.evidence_fields:
-        if name == "dx":
-            evidence["diagnoses"] = facts.dx_codes
-        elif name in fact:
-            evidence[name] = _display(fact[name])
-    limits = {k: _display(v) for k, v in rule.limits.items() if k not in ("value_field", "allergy_keys")}
-    evidence.update(limits)
-    if rule.missing_field is not None:
-        evidence["missing"] = rule.missing_field
-        evidence["rules"] = covers or list(rule.covers)
+    evidence = _evidence(rule, fact, facts, covers)
     wanted = rule.placeholders
     values: dict[str, Any] = {name: fact[name] for name in wanted if name in fact}
     values.update((name, value) for name, value in evidence.items() if name in wanted)
@@ -154,11 +165,9 @@ def _finding(
         values["value"] = _display(fact[value_field])
         evidence["value"] = _display(fact[value_field])
     if "allergy_keys" in rule.limits:
-        # "$drug": the generic rule's key is the item's own drug.
-        keys = [fact.get("drug", "") if key == "$drug" else key for key in rule.limits["allergy_keys"]]
-        matched = [facts.allergy_text.get(key, key) for key in keys if key in fact.get("allergies", [])]
-        values["allergy"] = "、".join(dict.fromkeys(matched)) or "该药"
-        evidence["allergies"] = list(dict.fromkeys(matched))
+        matched = _allergies_matched(rule, fact, facts)
+        values["allergy"] = "、".join(matched) or "该药"
+        evidence["allergies"] = matched
     if "ingredient" in wanted and fact.get("ing"):
         ingredient = rulebook.drugs.get(fact["ing"])
         values["ingredient"] = ingredient.name if ingredient else fact["ing"]

@@ -81,7 +81,7 @@ def _privileges(common: dict[str, Any], resolved: ResolvedPrescription, rulebook
     policy = rulebook.settings.privileges
     ranks = [_PRIVILEGE_TIER[p] for p in resolved.privileges or () if p in _PRIVILEGE_TIER]
     if policy is not None and resolved.title is not None and resolved.title in policy.antibacterial_tier_by_title:
-        ranks.append(TIER_RANK[policy.antibacterial_tier_by_title[resolved.title]])  # type: ignore[index]
+        ranks.append(TIER_RANK[policy.antibacterial_tier_by_title[resolved.title]])
     if ranks:
         common["tier_allowed"] = max(ranks)
     common["privileges_recorded"] = int(resolved.privileges is not None)

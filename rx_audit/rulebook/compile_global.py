@@ -9,15 +9,25 @@ from pathlib import Path
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler
 from rx_audit.rulebook.conditions import Gate, absent, all_of, cmp, custom_condition, eq, none_of, one_of
 from rx_audit.rulebook.model import CompiledRule
-from rx_audit.rulebook.schema import CUSTOM_ITEM_FIELDS, CUSTOM_PRESCRIPTION_FIELDS, CustomRule, Settings
+from rx_audit.rulebook.schema import CUSTOM_ITEM_FIELDS, CUSTOM_PRESCRIPTION_FIELDS, CustomRule, Settings, SeverityName
 
 
 def compile_global_rules(
     compiler: Compiler, settings: Settings, settings_path: Path, custom: list[tuple[Path, CustomRule]]
 ) -> None:
-    settings_line = settings.line or 1
-    where = compiler.where(settings_path, settings_line)
+    where = compiler.where(settings_path, settings.line or 1)
+    _prescription_completeness(compiler, settings, where)
+    _item_completeness(compiler, settings, where)
+    _durations(compiler, settings, settings_path)
+    if settings.privileges is not None:
+        _legality_rules(compiler, settings, settings_path)
+    if settings.quantity is not None:
+        _quantity_rules(compiler, settings, settings_path)
+    _formulary_rule(compiler, settings, where)
+    _custom_rules(compiler, custom)
 
+
+def _prescription_completeness(compiler: Compiler, settings: Settings, where: str) -> None:
     # Prescription-level completeness (处方管理办法 第五条/附件: 处方前记须有年龄、性别、临床诊断).
     regulation = "处方管理办法（卫生部令第53号）第六条、附件1 处方标准：处方前记包括患者性别、年龄、临床诊断"
     for missing, message in (
@@ -65,11 +75,14 @@ def compile_global_rules(
             ),
         )
 
+
+
+def _item_completeness(compiler: Compiler, settings: Settings, where: str) -> None:
     # Item-level completeness, written on the prescription itself (处方书写规则).
     writing = "处方管理办法 第六条：药品用法用量应当按照药品说明书规定的常规用法用量书写"
     # CONTRACT §1: an unknown drug is reviewed by hand; its severity is policy, per facility.
     overrides = settings.unknown_drug_severity_by_facility
-    variants: list[tuple[str, list[str], bool]] = [(settings.unknown_drug_severity, sorted(overrides), False)]
+    variants: list[tuple[SeverityName, list[str], bool]] = [(settings.unknown_drug_severity, sorted(overrides), False)]
     for severity in sorted(set(overrides.values())):
         variants.append((severity, sorted(f for f, s in overrides.items() if s == severity), True))
     for severity, facilities, inside in variants:
@@ -78,7 +91,7 @@ def compile_global_rules(
         compiler.add(
             "global",
             CompiledRule(
-                id="completeness.unknown_drug", category="completeness", severity=severity,  # type: ignore[arg-type]
+                id="completeness.unknown_drug", category="completeness", severity=severity,
                 message="规则库未收录药品“{drug_text}”：未做任何审核，请药师人工审核", source=where,
                 condition=all_of(eq("t", "item"), eq("known", 0), *scope_test), evidence_fields=("drug_text",),
                 reference="医疗机构处方审核规范（2018）第七条：信息系统不能审核的部分由药师人工审核; CONTRACT §1",
@@ -155,6 +168,9 @@ def compile_global_rules(
         ),
     )
 
+
+
+def _durations(compiler: Compiler, settings: Settings, settings_path: Path) -> None:
     # Days of supply by visit type.
     for visit, limit in settings.duration.items():
         line = settings.line_of("duration")
@@ -183,11 +199,9 @@ def compile_global_rules(
                 ),
             )
 
-    if settings.privileges is not None:
-        _legality_rules(compiler, settings, settings_path)
-    if settings.quantity is not None:
-        _quantity_rules(compiler, settings, settings_path)
 
+
+def _formulary_rule(compiler: Compiler, settings: Settings, where: str) -> None:
     compiler.add("global", CompiledRule(
         id="formulary.outside", category="formulary", severity=settings.formulary_severity,
         message="{drug}不在本机构药品目录内（目录外用药）", source=where,
@@ -199,6 +213,9 @@ def compile_global_rules(
         scope="item",
     ))
 
+
+
+def _custom_rules(compiler: Compiler, custom: list[tuple[Path, CustomRule]]) -> None:
     # Hospital custom rules.
     for path, spec in custom:
         compiler.check_message(spec.message, ITEM_PLACEHOLDERS | CUSTOM_PRESCRIPTION_FIELDS | CUSTOM_ITEM_FIELDS,

@@ -102,33 +102,31 @@ class Gate:
         return [test for name, tests in self.tests.items() if name != without for test in tests]
 
 
+# (condition field, fact field, fact field the test reads): list conditions that are "one of".
+_ONE_OF = (("hepatic", "hepatic", "hepatic"), ("release", "form_group", "release"),
+           ("forms", "form_group", "form_group"), ("routes", "route", "route"), ("visits", "visit", "visit"))
+
+
 def gate_of(condition: Condition) -> Gate:
+    """A condition as tests grouped by the fact field whose absence a missing-data twin stands for."""
     gate = Gate()
-    for name, fact_field in (("age", "age"), ("egfr", "egfr"), ("weight", "weight"), ("daily", "daily"),
-                             ("days", "days")):
+    for name in ("age", "egfr", "weight", "daily", "days"):
         low, high = getattr(condition, f"{name}_min"), getattr(condition, f"{name}_max")
         if low is not None:
-            gate.add(fact_field, cmp("$gte", fact_field, low))
+            gate.add(name, cmp("$gte", name, low))
         if high is not None:
-            gate.add(fact_field, cmp("$lt", fact_field, high))
+            gate.add(name, cmp("$lt", name, high))
     if condition.sex is not None:
         gate.add("sex", eq("sex", condition.sex))
     for flag in ("pregnant", "lactating"):
         value = getattr(condition, flag)
         if value is not None:
             gate.add(flag, eq(flag, 1 if value else 0))
-    if condition.hepatic:
-        gate.add("hepatic", one_of("hepatic", list(condition.hepatic)))
+    for name, gate_field, fact_field in _ONE_OF:
+        if values := getattr(condition, name):
+            gate.add(gate_field, one_of(fact_field, list(values)))
     if condition.diagnoses:
         gate.add("dx", list_has("dx", [normalise_icd(code) for code in condition.diagnoses]))
-    if condition.release:
-        gate.add("form_group", one_of("release", list(condition.release)))
-    if condition.forms:
-        gate.add("form_group", one_of("form_group", list(condition.forms)))
-    if condition.routes:
-        gate.add("route", one_of("route", list(condition.routes)))
-    if condition.visits:
-        gate.add("visit", one_of("visit", list(condition.visits)))
     if condition.not_diagnoses:
         gate.add("dx", list_lacks("dx", [normalise_icd(code) for code in condition.not_diagnoses]))
     return gate

@@ -142,18 +142,13 @@ def _sort_file(compiler: Compiler, sections: Sections, path: Path, raw: dict[str
         if (allergy := compiler.validate(AllergyClassSpec, entry, path)) is not None:
             sections.allergy_specs[name] = allergy
             sections.allergy_path[name] = path
-    for entry in raw.get("interactions") or []:
-        if (interaction := compiler.validate(InteractionSpec, entry, path)) is not None:
-            sections.interactions.append((path, interaction))
-    for entry in raw.get("duplicates") or []:
-        if (duplicate := compiler.validate(DuplicateSpec, entry, path)) is not None:
-            sections.duplicates.append((path, duplicate))
-    for entry in raw.get("custom") or []:
-        if (custom := compiler.validate(CustomRule, entry, path)) is not None:
-            sections.custom.append((path, custom))
-    for entry in raw.get("class_rules") or []:
-        if (class_rule := compiler.validate(ClassRule, entry, path)) is not None:
-            sections.class_rules.append((path, class_rule))
+    for key, model, target in (("interactions", InteractionSpec, sections.interactions),
+                               ("duplicates", DuplicateSpec, sections.duplicates),
+                               ("custom", CustomRule, sections.custom),
+                               ("class_rules", ClassRule, sections.class_rules)):
+        for entry in raw.get(key) or []:
+            if (spec := compiler.validate(model, entry, path)) is not None:
+                target.append((path, spec))
 
 
 def _drug_of(compiler: Compiler, sections: Sections, path: Path, spec: DrugFile) -> Drug:

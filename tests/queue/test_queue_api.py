@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from rx_audit.contract import AuditResult, Finding
 from rx_audit.errors import NotFoundError, QueueError, StateError
-from rx_audit.models import AuditResult, Finding
 from rx_audit.queue import ReviewQueue
 
 
@@ -280,3 +280,53 @@ def test_statistics(queue: ReviewQueue) -> None:
     assert stats["by_day"] == {"2025-03-26": 10}
     assert stats["time_to_decision_seconds"]["count"] == stats["decided"]
     assert queue.statistics(date_from="2025-04-01")["flagged"] == 0
+
+
+def test_statistics_typed_rates_and_groups(queue: ReviewQueue) -> None:
+    from rx_audit.queue import QueueStatistics
+
+    for n in range(6):
+        queue.submit(rx(n, facility="A" if n < 4 else "B"), result(n, "warning", rule="r.x" if n % 2 else "r.y"))
+    queue.submit(rx(50, facility="B"), result(50, None))
+    decided = {}
+    for _ in range(4):
+        item = queue.claim_next("ph")
+        if item.rules == ["r.x"]:
+            decided[item.id] = queue.approve(item.id, "ph", "A02").status
+        else:
+            decided[item.id] = queue.return_to_doctor(item.id, "ph", "R02").status
+    stats = queue.statistics()
+    assert isinstance(stats, QueueStatistics)
+    assert stats.total == 6 and stats.total != stats.prescriptions == 7  # items and audits are not the same count
+    assert (stats.held_rate.numerator, stats.held_rate.denominator) == (6, 7)
+    assert stats.decided == 4 == stats.pass_after_review_rate.denominator == stats.returned_rate.denominator
+    assert stats.pass_after_review_rate.numerator + stats.returned_rate.numerator == 4
+    assert stats.time_to_decision_seconds.count == 4
+    facilities = {g.key: g for g in stats.by_facility}
+    assert facilities["A"].prescriptions == 4 and facilities["A"].held_rate.value == 1.0
+    assert facilities["B"].prescriptions == 3 and facilities["B"].flagged == 2 and facilities["B"].items == 2
+    assert facilities["B"].held_rate.numerator == 2 and facilities["B"].held_rate.denominator == 3
+    rules = {g.key: g for g in stats.by_rule}
+    assert rules["r.x"].held_rate is None and rules["r.x"].items == 3
+    overrides = {o.rule: o for o in stats.rule_override}
+    assert overrides["r.x"].override_rate.value == pytest.approx(
+        overrides["r.x"].approved / overrides["r.x"].decided
+    )
+    assert [g.key for g in stats.by_day] == ["2025-03-26"] and stats.by_day[0].decided == 4
+    assert stats.by_status["pending"] == 2 and stats.pending == 2 and stats.oldest_pending_age_seconds is not None
+    # the same figures through the flat view older callers read
+    assert stats["held_rate"] == stats.held_rate.value and stats["by_facility"] == {"A": 4, "B": 2}
+    assert "items" not in stats.to_dict()
+    # scoped: only facility B's audits and items
+    scoped = queue.statistics(scope=["B"])
+    assert scoped.prescriptions == 3 and scoped.total == 2 and [g.key for g in scoped.by_facility] == ["B"]
+
+
+def test_claimed_by_filter(queue: ReviewQueue) -> None:
+    for n in range(4):
+        queue.submit(rx(n), result(n))
+    mine = queue.claim_next("ph1")
+    queue.claim_next("ph2")
+    assert [i.id for i in queue.list_items(status="claimed", claimed_by="ph1")] == [mine.id]
+    assert queue.count(claimed_by="ph1") == 1 and queue.count(claimed_by=["ph1", "ph2"]) == 2
+    assert queue.count(claimed_by="ph1", scope=["OTHER"]) == 0

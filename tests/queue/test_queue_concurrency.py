@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 from collections import Counter
 
-from rx_audit.models import AuditResult, Finding
+from rx_audit.contract import AuditResult, Finding
 from rx_audit.queue import ReviewQueue
 
 ITEMS = 1000

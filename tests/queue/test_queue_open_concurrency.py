@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from rx_audit.models import AuditResult, Finding
+from rx_audit.contract import AuditResult, Finding
 from rx_audit.queue import ReviewQueue, prepare_record
 
 ITEMS = 300

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from rx_audit.contract import AuditResult, Finding
 from rx_audit.errors import ReasonRequiredError, StateError
-from rx_audit.models import AuditResult, Finding
 from rx_audit.queue import READY_STATUSES, ReviewQueue
 
 PHARMACISTS = ["ph1", "ph2"]

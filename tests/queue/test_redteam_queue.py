@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from rx_audit.contract import AuditResult, Finding
 from rx_audit.errors import (
     DatabaseFullError,
     DatabaseLockedError,
@@ -34,7 +35,6 @@ from rx_audit.errors import (
     ReasonRequiredError,
     SchemaVersionError,
 )
-from rx_audit.models import AuditResult, Finding
 from rx_audit.queue import SCHEMA_HEAD, ReviewQueue, _head_revision, migrate
 
 ROOT = Path(__file__).resolve().parents[2]

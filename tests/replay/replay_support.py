@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from rx_audit.models import AuditResult, Finding, parse_prescription
+from rx_audit.contract import AuditResult, Finding, parse_prescription
 
 FACILITIES = [("LZH", "凉州户镇分院"), ("HXZ", "黄羊镇卫生院"), ("WWZ", "武威市中心医院"), ("QLZ", "清源镇卫生院")]
 DEPARTMENTS = ["全科", "内科", "儿科", "急诊科"]

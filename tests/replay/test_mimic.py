@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rx_audit.adapters.mimic import icd10_dotted, write_jsonl
-from rx_audit.models import parse_prescription
+from rx_audit.contract import parse_prescription
 from rx_audit.replay import replay
 
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mimic-iv-demo"

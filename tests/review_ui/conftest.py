@@ -35,7 +35,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every UI test runs on a SQLite file and on PostgreSQL (``RX_AUDIT_TEST_PG_URL``, one schema
     per test, dropped afterwards). Without that URL the PostgreSQL cases skip locally and fail in CI
     (``eval "$(scripts/postgres.sh)"`` starts a server and sets it)."""
-    from rx_audit.queue import migrate
+    from rx_audit import migrate
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'review.db'}"
@@ -70,6 +70,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def ui_env(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """Point the UI at a fresh database, the demo users and the shipped rulebook."""
     monkeypatch.setenv("RX_AUDIT_DB_URL", db_url)
+    monkeypatch.delenv("RX_AUDIT_DB", raising=False)  # its alias: a different value would be refused
     monkeypatch.setenv("RX_AUDIT_USERS", str(DEMO_USERS))
     monkeypatch.setenv("RX_AUDIT_RULES", str(RULES))
     monkeypatch.delenv("RX_AUDIT_CONFIG", raising=False)
@@ -80,12 +81,11 @@ def ui_env(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iter
     from review_ui import backend
 
     backend._queue.clear()  # on_release closes each queue's connection pool
-    backend._stats_engine.clear()
 
 
 @pytest.fixture
 def queue(ui_env: str):
-    from rx_audit.queue import ReviewQueue
+    from rx_audit import ReviewQueue
 
     q = ReviewQueue(ui_env)
     yield q

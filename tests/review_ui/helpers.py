@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from rx_audit.models import AuditResult, Finding
+from rx_audit import AuditResult, Finding
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "review_ui" / "streamlit_app.py"

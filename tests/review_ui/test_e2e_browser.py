@@ -77,7 +77,7 @@ def browser_ready() -> None:
 
 @pytest.fixture
 def server(browser_ready: None, tmp_path: Path) -> Iterator[dict]:
-    from rx_audit.queue import ReviewQueue, migrate
+    from rx_audit import ReviewQueue, migrate
 
     db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
     migrate(db_url)
@@ -92,6 +92,7 @@ def server(browser_ready: None, tmp_path: Path) -> Iterator[dict]:
         "RX_AUDIT_REFRESH_SECONDS": "3",
     }
     env.pop("RX_AUDIT_CONFIG", None)
+    env.pop("RX_AUDIT_DB", None)
     log_path = tmp_path / "streamlit.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

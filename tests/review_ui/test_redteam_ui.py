@@ -173,7 +173,7 @@ def test_scoped_pharmacist_statistics_cover_own_facilities_only(app, queue) -> N
 
 def test_scoped_service_refuses_other_facility_items(queue) -> None:
     from review_ui.service import ReviewService
-    from rx_audit.errors import NotFoundError
+    from rx_audit import NotFoundError
 
     seed(queue, 6)
     records = auth.load_users(DEMO_USERS)
@@ -492,7 +492,7 @@ def processes_with(marker: str) -> list[int]:
 def test_admin_check_that_hangs_returns_with_a_timeout(app, queue, monkeypatch) -> None:
     marker = f"rx-audit-hung-check-{uuid.uuid4().hex}"
     hang = f"import time; time.sleep(3600)  # {marker}"
-    monkeypatch.setattr(rulebook_check, "cli_command", lambda: [sys.executable, "-c", hang])
+    monkeypatch.setattr(rulebook_check, "check_command", lambda: [sys.executable, "-c", hang])
     monkeypatch.setenv("RX_AUDIT_CHECK_TIMEOUT", "2")
     at = app("admin", timeout=120).run()
     at.switch_page("views/admin.py").run()
@@ -531,7 +531,7 @@ def test_admin_check_output_is_text_and_changed_folder_needs_a_new_check(app, qu
 
 
 def test_check_command_defaults_to_this_interpreters_rx_audit() -> None:
-    command = rulebook_check.cli_command()
+    command = rulebook_check.check_command()
     assert command[0].startswith(str(Path(sys.executable).parent)) or command[:3] == [
         sys.executable,
         "-m",
