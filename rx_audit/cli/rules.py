@@ -68,3 +68,14 @@ def _print_outcome(outcome: ExampleOutcome) -> None:
                 console.print(
                     f"     unexpected: {finding.rule} ({finding.severity}) {finding.message}", highlight=False
                 )
+
+
+@app.command("dictionary")
+def dictionary(directory: Annotated[Path | None, typer.Argument(help="rulebook folder")] = None) -> None:
+    """药品词典 Validate the drug dictionary alone (fast, for its editors); list names two entries share."""
+    from rx_audit.rulebook.dictionary import _main
+
+    path = directory or default_rules_dir()
+    if not (path / "dictionary").is_dir():
+        fail(f"no dictionary folder under {path}")
+    raise typer.Exit(_main([str(path / "dictionary")]))

@@ -7,7 +7,7 @@ strengths, its pharmacological and mechanism classes, and what regulation says o
 (allergy, duplicates, interactions, populations, privileges, formulary) reach every entry; a
 drug without a monograph is still audited by them.
 
-``python -m rx_audit.rulebook.dictionary rules/dictionary`` validates the files (every error with
+``rx-audit rules dictionary rules`` validates the files (every error with
 file:line) and prints counts.
 """
 
@@ -22,10 +22,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rx_audit.errors import RulebookError, RulebookErrors
-from rx_audit.normalise import FORM_GROUPS, ROUTES
 from rx_audit.rulebook.compiler import Compiler
 from rx_audit.rulebook.names import normalise_name
-from rx_audit.rulebook.schema import Spec
+from rx_audit.rulebook.schema import Spec, known_forms
 from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, iter_yaml, load_yaml
 
 Kind = Literal["chemical", "biological", "tcm", "fluid", "supply"]
@@ -64,13 +63,7 @@ class DictionaryEntry(Spec):
     @field_validator("forms")
     @classmethod
     def _known_forms(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for group, routes in value.items():
-            if group not in FORM_GROUPS:
-                raise ValueError(f"unknown form group {group!r}; one of {', '.join(FORM_GROUPS)}")
-            for route in routes:
-                if route not in ROUTES:
-                    raise ValueError(f"unknown route {route!r} for {group}; one of {', '.join(ROUTES)}")
-        return value
+        return known_forms(value)
 
     @field_validator("atc")
     @classmethod

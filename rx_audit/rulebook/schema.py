@@ -60,6 +60,17 @@ def _is_mapping_type(annotation: Any) -> bool:
     return any(get_origin(arg) is dict for arg in get_args(annotation))
 
 
+def known_forms(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Form groups and routes of a drug: only the vocabulary the normalisers produce."""
+    for group, routes in value.items():
+        if group not in FORM_GROUPS:
+            raise ValueError(f"unknown form group {group!r}; one of {', '.join(FORM_GROUPS)}")
+        for route in routes:
+            if route not in ROUTES:
+                raise ValueError(f"unknown route {route!r} for {group}; one of {', '.join(ROUTES)}")
+    return value
+
+
 class Condition(Spec):
     """Who a regimen or contraindication applies to: every given bound must hold."""
 
@@ -229,13 +240,7 @@ class DrugInfo(Spec):
     @field_validator("forms")
     @classmethod
     def _known_forms_and_routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for group, routes in value.items():
-            if group not in FORM_GROUPS:
-                raise ValueError(f"unknown form group {group!r}; one of {', '.join(FORM_GROUPS)}")
-            for route in routes:
-                if route not in ROUTES:
-                    raise ValueError(f"unknown route {route!r} for {group}; one of {', '.join(ROUTES)}")
-        return value
+        return known_forms(value)
 
 
 class ReviewRecord(Spec):
