@@ -21,9 +21,13 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-if [ -n "$extras" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[$extras]" 2>&1 | grep -v -i "warning" || true
-else
-  .venv/bin/python -m pip install --quiet -e . 2>&1 | grep -v -i "warning" || true
+target="."
+if [ -n "$extras" ]; then target=".[$extras]"; fi
+# pip's and setuptools' notices go to a log that is shown only when the install fails.
+log=.venv/setup-install.log
+if ! .venv/bin/python -m pip install --quiet -e "$target" >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup.sh: pip install -e '$target' failed (log above)" >&2
+  exit 1
 fi
 .venv/bin/python -c "import durable.lang, rx_audit" || { echo "setup.sh: install failed" >&2; exit 1; }
