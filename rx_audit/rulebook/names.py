@@ -84,7 +84,7 @@ _MARKS = re.compile(r"^[\s★☆●○◆◇▲△■□※#＊*]+|[★☆●○
 _COUNT = r"(?:粒|片|袋|支|瓶|盒|揿|喷|吸|贴|丸|枚|s|t)"
 # A measure (20mg, 0.9%, 100ml) with an optional pack after it (*24粒, ×10支, /5ml); a count alone
 # (维生素B12片) is part of a name.
-_SPEC = re.compile(r"\d+(?:\.\d+)?\s*" + _MEASURE + r"(?![a-z])(?:\s*[/*×:：]\s*\d*(?:\.\d+)?\s*(?:"
+_SPEC = re.compile(r"\d+(?:\.\d+)?\s*" + _MEASURE + r"(?![a-z])(?:\s*[/*×:：+]\s*\d*(?:\.\d+)?\s*(?:"
                    + _MEASURE + "|" + _COUNT + r")?)*", re.IGNORECASE)
 # English order words around a US/UK drug name (MIMIC: "Metoprolol Tartrate 25 mg tab", "Acetaminophen IV").
 _ORDER_WORDS = frozenset({
@@ -104,10 +104,28 @@ _ANNOTATION = re.compile(r"\s+(?:-|–|for)\s+.*$", re.IGNORECASE)
 _MARKER = re.compile(r"\*[^*]*\*")
 
 
+# Shorthand HIS write: vitamins (VitC片, VB6, Vit K1针) and a few chemical formulas (10%KCl, NaHCO3).
+_VITAMIN = re.compile(r"^(?:vit\.?\s*|v)(a|b1|b2|b6|b12|c|d2|d3|d|e|k1|k|pp)(?![a-z])", re.IGNORECASE)
+_FORMULAS = {"kcl": "氯化钾", "nacl": "氯化钠", "nahco3": "碳酸氢钠", "cacl2": "氯化钙", "mgso4": "硫酸镁",
+             "gns": "葡萄糖氯化钠", "gs": "葡萄糖", "ns": "氯化钠"}
+_FORMULA = re.compile(r"(?<![a-z])(" + "|".join(sorted(_FORMULAS, key=len, reverse=True)) + r")(?![a-z0-9])",
+                      re.IGNORECASE)
+# Supply words no drug name contains: a name with one of them and no drug is a supply.
+SUPPLY_WORDS = ("一次性使用", "留置针", "棉签", "口罩", "试纸", "输液贴", "敷贴", "纱布", "手套", "输液器")
+
+
+def _shorthand(text: str) -> str:
+    text = _VITAMIN.sub(lambda m: "维生素" + m.group(1).upper(), text.strip())
+    return _FORMULA.sub(lambda m: _FORMULAS[m.group(1).lower()], text)
+
+
 def candidates(text: str) -> list[str]:
     """Names to look up for what an HIS wrote, most literal first, each also without salt and form words."""
     plain = unicodedata.normalize("NFKC", text)
     steps = [plain]
+    if (expanded := _shorthand(plain)) != plain:
+        steps.append(expanded)
+        plain = expanded
     plain = _MARKS.sub("", plain)
     steps.append(plain)
     no_brackets = _BRACKETED.sub(" ", _MARKER.sub(" ", plain))
@@ -205,4 +223,6 @@ def resolve_name(text: str, names: dict[str, str], is_combination: Callable[[str
         return next(iter(brands))
     if found is not None and has_version(text) and is_combination(found):
         return None
+    if found is None and any(word in text for word in SUPPLY_WORDS):
+        return names.get(normalise_name("医用耗材"))
     return found
