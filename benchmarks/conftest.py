@@ -159,7 +159,8 @@ def realistic_prescription(rng: random.Random, book: Rulebook, number: int, drug
 
 def realistic_mix(book: Rulebook, count: int, seed: int = 2025, drug_ids: list[str] | None = None) -> list[dict]:
     rng = random.Random(seed)
-    ids = sorted(drug_ids if drug_ids is not None else book.drugs)
+    # Drugs with a monograph: their dose profiles make ordinary doses (dictionary-only drugs have none).
+    ids = sorted(drug_ids if drug_ids is not None else (d.id for d in book.drugs.values() if d.monograph))
     profiles = {drug_id: _drug_profile(book, drug_id) for drug_id in ids}
     return [realistic_prescription(rng, book, number, ids, profiles) for number in range(1, count + 1)]
 
