@@ -2,7 +2,7 @@
 ``queue`` extra installed, replay batches into the review queue and inspect it.
 
 One module a command group: :mod:`.audit`, :mod:`.rules`, :mod:`.explain`, :mod:`.formulary`, :mod:`.queue`,
-:mod:`.replay`; :mod:`.common` and :mod:`.database` hold what they share. Nothing here imports this
+:mod:`.replay`, :mod:`.serve`; :mod:`.common` and :mod:`.database` hold what they share. Nothing here imports this
 package back, so there is no import cycle.
 """
 
@@ -17,7 +17,7 @@ from rx_audit import __version__
 from rx_audit.cli import audit, explain, formulary, rules
 from rx_audit.cli.common import default_rules_dir, fail
 
-__all__ = ["app", "default_rules_dir", "queue_extra_installed"]
+__all__ = ["app", "default_rules_dir", "queue_extra_installed", "server_extra_installed"]
 
 app = typer.Typer(
     help="rx_audit 处方前置审核 — prescription audit on durable_rules.",
@@ -69,3 +69,22 @@ if queue_extra_installed():
 else:  # the core alone: say what is missing instead of "No such command"
     for _name in ("queue", "replay"):
         app.command(_name, context_settings=_EXTRA_ARGS, help="(needs the queue extra)")(_needs_the_queue_extra)
+
+
+def server_extra_installed() -> bool:
+    """The web stack of the ``server`` extra (and the queue it serves) is importable."""
+    return queue_extra_installed() and all(
+        importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn", "prometheus_client")
+    )
+
+
+def _needs_the_server_extra() -> None:
+    fail("this command needs the server extra: pip install 'rx-audit[server]'")
+
+
+if server_extra_installed():
+    from rx_audit.cli import serve as _serve
+
+    app.command("serve")(_serve.serve)
+else:
+    app.command("serve", context_settings=_EXTRA_ARGS, help="(needs the server extra)")(_needs_the_server_extra)

@@ -1,0 +1,91 @@
+"""``create_app(settings)``: the FastAPI app of ``rx-audit serve``. The auditor is loaded once (a
+rulebook load compiles every rule file), the review queue opened once (thread-safe); both are closed
+when the app shuts down. ``app_from_env()`` is the factory uvicorn's workers call."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from rx_audit import Auditor, ReviewQueue, __version__
+from rx_audit.server import ops, problems
+from rx_audit.server.auth import KeyRing, RateLimiter
+from rx_audit.server.context import Services
+from rx_audit.server.metrics import Metrics
+from rx_audit.server.routes_audit import router as audit_router
+from rx_audit.server.routes_prescriptions import router as prescriptions_router
+from rx_audit.server.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, auditor: Auditor | None = None, queue: ReviewQueue | None = None
+) -> FastAPI:
+    """The app. ``auditor``/``queue`` may be given (tests share one auditor); else they are built from
+    ``settings`` — and then closed when the app shuts down."""
+    keys = KeyRing.load(settings.keys_file)
+    owned_auditor = auditor is None
+    owned_queue = queue is None
+    auditor = auditor or Auditor.from_path(settings.rules)
+    queue = queue or ReviewQueue(settings.db_url)
+
+    def depth() -> int | None:
+        try:
+            return queue.count(status=["pending", "double_signed", "escalated"])
+        except Exception:
+            return None
+
+    found = Services(
+        settings=settings,
+        auditor=auditor,
+        queue=queue,
+        keys=keys,
+        limiter=RateLimiter(settings.rate_per_minute, settings.burst),
+        metrics=Metrics(depth),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        found.metrics.worker_stopped()
+        if owned_queue:
+            found.queue.close()
+        if owned_auditor:
+            found.auditor.close()
+
+    app = FastAPI(
+        title="rx_audit",
+        version=__version__,
+        description="处方前置审核 — the HTTP service of CONTRACT §4",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = found
+    problems.install(app)
+    ops.install(app)
+    app.include_router(audit_router)
+    app.include_router(prescriptions_router)
+    app.include_router(ops.router)
+    return app
+
+
+def configure_logging() -> None:
+    """Access log lines as they are (JSON), everything else of the service one line each, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("rx_audit.server.access", "rx_audit.server"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory (``rx_audit.server.app:app_from_env``): settings from the environment."""
+    configure_logging()
+    return create_app(Settings.load())
