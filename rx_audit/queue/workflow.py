@@ -31,9 +31,10 @@ from rx_audit.queue.filters import item_filters
 from rx_audit.queue.reasons import Reasons
 from rx_audit.queue.schemas import ReviewItem
 from rx_audit.queue.tables import DECISIONS, ITEMS, ReviewItemRow, queue_order
+from rx_audit.queue.webhooks import WebhookEvents
 
 
-class Workflow(ChainedStore, Reasons):
+class Workflow(ChainedStore, WebhookEvents, Reasons):
     """Claims and decisions; ``timeout_policy`` and ``timeout_seconds`` are the queue's."""
 
     timeout_policy: TimeoutPolicy
@@ -110,7 +111,7 @@ class Workflow(ChainedStore, Reasons):
         expect_claimed_by: str | None = None,
         **values: Any,
     ) -> None:
-        """A decision: move the item (trail row) and append the decision row, in this transaction."""
+        """A decision: move the item (trail row), append the decision row and the webhook event, in this transaction."""
         self._move(
             session,
             row,
@@ -141,6 +142,7 @@ class Workflow(ChainedStore, Reasons):
                 }
             ],
         )
+        self._webhook_event(session, row, now)  # the facility's webhook event, in this transaction
 
     def _claim_row(
         self,
@@ -455,6 +457,7 @@ class Workflow(ChainedStore, Reasons):
                 timeout_action="escalate",
                 priority=1,
             )
+            self._webhook_event(session, row, moment)  # escalation is not a decision row, but an event
         else:
             self._move_and_decide(
                 session,

@@ -12,11 +12,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from rx_audit import Auditor, ReviewQueue, __version__
-from rx_audit.server import ops, problems
+from rx_audit.server import ops, problems, routes_webhooks
 from rx_audit.server.auth import KeyRing, RateLimiter
 from rx_audit.server.context import Services
 from rx_audit.server.metrics import Metrics
 from rx_audit.server.routes_audit import router as audit_router
+from rx_audit.server.routes_cds import router as cds_router
 from rx_audit.server.routes_prescriptions import router as prescriptions_router
 from rx_audit.server.settings import Settings
 
@@ -69,6 +70,8 @@ def create_app(
     ops.install(app)
     app.include_router(audit_router)
     app.include_router(prescriptions_router)
+    routes_webhooks.install(app)  # PUT /v1/webhooks, GET /v1/webhooks/events; the deliverer thread
+    app.include_router(cds_router)  # CDS Hooks 2.0: discovery, order-sign, feedback
     app.include_router(ops.router)
     return app
 

@@ -5,6 +5,14 @@ The answer adds to §2: ``version`` and ``submission`` (``stored``, ``new_versio
 other content, the doctor's fix — or ``repeat``: the same content again, stored once), and when
 flagged ``review: {"status": …, "item": "…"}`` (``pending`` for a new item; a repeat says where its
 item is now).
+
+A FHIR R4 ``Bundle`` sent as ``application/fhir+json`` is mapped by
+:func:`rx_audit.adapters.fhir.prescription_from_bundle` (the facility is the key's, when the key has
+exactly one; else 422 naming ``facility``), audited and queued the same way, and answered as
+``application/fhir+json``: a ``Bundle`` (type ``collection``) of one ``DetectedIssue`` per finding,
+then one ``Parameters`` resource (a Bundle carries no extensions) with the §2 summary and the
+queue's answer: ``id``, ``flagged``, ``severity``, ``rulebook``, ``version``, ``submission`` and,
+when queued, ``review-status`` and ``review-item``.
 """
 
 from __future__ import annotations
@@ -22,31 +30,49 @@ from rx_audit.server.problems import Problem
 
 router = APIRouter()
 JSON_TYPES = ("application/json", "")
+FHIR_JSON = "application/fhir+json"
 
 
 @router.post("/v1/audit")
 async def audit(request: Request, key: Caller) -> JSONResponse:
     found = services(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "application/fhir+json":
-        raise Problem(415, "FHIR R4 Bundles are not accepted yet; send a CONTRACT §1 prescription as application/json",
+    if media not in (*JSON_TYPES, FHIR_JSON):
+        raise Problem(415, "Content-Type must be application/json or application/fhir+json",
                       kind="unsupported-media-type")  # fmt: skip
-    if media not in JSON_TYPES:
-        raise Problem(415, "Content-Type must be application/json", kind="unsupported-media-type")
     body = await read_body(request, found.settings.max_body_bytes)
-    record = json_object(body, "prescription")
+    fhir = media == FHIR_JSON
+    document = json_object(body, "Bundle" if fhir else "prescription")
+    if fhir and "resourceType" not in document:  # not FHIR at all (e.g. a §1 prescription mislabelled)
+        raise Problem(415, "application/fhir+json: not a FHIR resource (no resourceType); send a FHIR R4 Bundle, "
+                      "or a CONTRACT §1 prescription as application/json", kind="unsupported-media-type")  # fmt: skip
     try:
-        answer = await run_in_threadpool(_audit_and_queue, found, record, key)
+        if fhir:
+            answer = await run_in_threadpool(_audit_bundle, found, document, key)
+        else:
+            answer = await run_in_threadpool(audit_and_queue, found, document, key)
     except PrescriptionError:
         found.metrics.audits.labels("invalid").inc()
         raise
     found.metrics.audits.labels(answer["outcome"]).inc()
     request.state.prescription_id = answer["result"]["id"]
     request.state.outcome = answer["outcome"]
+    if fhir:
+        return JSONResponse(answer["fhir"], media_type=FHIR_JSON)
     return JSONResponse(answer["result"])
 
 
-def _audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+def key_facility(key: ApiKey) -> dict[str, str]:
+    """The facility of a key bound to exactly one (FHIR and CDS Hooks carry no CONTRACT facility)."""
+    if len(key.facilities) != 1:
+        raise Problem(422, "this key is bound to several facilities: the facility of a FHIR request cannot be "
+                      "chosen; use a key bound to one facility", kind="invalid-field", field="facility")  # fmt: skip
+    return {"id": next(iter(key.facilities))}
+
+
+def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+    """Audit ``record`` and store it (queued when flagged): ``result`` (the answer), ``audit`` (the
+    :class:`AuditResult`), ``outcome`` (for metrics and the access log)."""
     prescription = parse_prescription(record)
     facility = prescription.facility.id
     if not facility:
@@ -61,4 +87,40 @@ def _audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> di
     body["submission"] = submission.kind
     if submission.item is not None:
         body["review"] = {"status": submission.item.status, "item": str(submission.item.id)}
-    return {"result": body, "outcome": submission.outcome}
+    return {"result": body, "audit": result, "outcome": submission.outcome}
+
+
+def _audit_bundle(found: Services, bundle: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+    from rx_audit.adapters.fhir import detected_issues, prescription_from_bundle
+
+    record = prescription_from_bundle(bundle, facility=key_facility(key))
+    answer = audit_and_queue(found, record, key)
+    patient_id = (record.get("patient") or {}).get("id")
+    issues = detected_issues(answer["audit"], bundle, patient=f"Patient/{patient_id}" if patient_id else None)
+    answer["fhir"] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": issue} for issue in issues] + [{"resource": _summary(answer["result"])}],
+    }
+    return answer
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The §2 summary and the queue's answer as a FHIR ``Parameters`` resource."""
+    parameters: list[dict[str, Any]] = [
+        {"name": "id", "valueString": str(result["id"])},
+        {"name": "flagged", "valueBoolean": bool(result["flagged"])},
+    ]
+    if result.get("severity"):
+        parameters.append({"name": "severity", "valueCode": str(result["severity"])})
+    parameters += [
+        {"name": "rulebook", "valueString": str(result["rulebook"])},
+        {"name": "version", "valueInteger": int(result["version"])},
+        {"name": "submission", "valueCode": str(result["submission"])},
+    ]
+    if "review" in result:
+        parameters += [
+            {"name": "review-status", "valueCode": str(result["review"]["status"])},
+            {"name": "review-item", "valueString": str(result["review"]["item"])},
+        ]
+    return {"resourceType": "Parameters", "id": "rx-audit-result", "parameter": parameters}

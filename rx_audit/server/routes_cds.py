@@ -1,0 +1,177 @@
+"""CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/): ``GET /cds-services`` (discovery),
+``POST /cds-services/rx-audit-order-sign`` (the ``order-sign`` hook) and its ``/feedback``.
+
+The hook's draft orders are mapped by :func:`rx_audit.adapters.cds_hooks.prescription_from_order_sign`
+(the facility is the key's; a key bound to several facilities is 422 naming ``facility``), audited and
+stored exactly as ``POST /v1/audit`` does (queued for the pharmacist when flagged), and answered with
+one card per finding; ``overrideReasons`` are the queue's coded approve reasons.
+
+Feedback: each card uuid is kept with its prescription, rules, items, facility and the signing
+clinician (``context.userId``) **in this process**, in a bounded mapping (the newest
+``CARD_LIMIT`` cards): feedback must reach the worker that answered the hook, within that window;
+feedback on a card not (or no longer) known is answered ``unknown-card`` and not recorded.
+``overridden`` with a reason, when the prescription is ``returned``, is recorded as 双签
+(``ReviewQueue.double_sign``; doctor = the hook's ``userId``); otherwise (the queue has no API to add
+a trail entry) it is logged as one JSON line on the ``rx_audit.server`` logger and kept in the
+in-process feedback log, as ``accepted`` feedback is. Authentication is the service's API keys
+(``Authorization: Bearer``); verifying an EHR's JWT against its JWKS is not done yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict, deque
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from rx_audit import PrescriptionError
+from rx_audit.server.auth import ApiKey
+from rx_audit.server.context import Caller, Services, json_object, read_body, services
+from rx_audit.server.routes_audit import audit_and_queue, key_facility
+from rx_audit.server.state import prescription_state
+
+router = APIRouter()
+log = logging.getLogger("rx_audit.server")
+SERVICE_PATH = "/cds-services/rx-audit-order-sign"
+CARD_LIMIT = 10_000
+FEEDBACK_LIMIT = 10_000
+_create = threading.Lock()
+
+
+class CardStore:
+    """Card uuid → what the card was about (bounded, oldest dropped), and the recent feedback."""
+
+    def __init__(self, limit: int = CARD_LIMIT, feedback_limit: int = FEEDBACK_LIMIT) -> None:
+        self.limit = limit
+        self._cards: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.feedback: deque[dict[str, Any]] = deque(maxlen=feedback_limit)
+        self._lock = threading.Lock()
+
+    def add(self, index: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self._cards.update(index)
+            while len(self._cards) > self.limit:
+                self._cards.popitem(last=False)
+
+    def find(self, card: str, scope: frozenset[str]) -> dict[str, Any] | None:
+        """The card's entry when it is known and of the key's facilities (else as if unknown)."""
+        with self._lock:
+            entry = self._cards.get(card)
+        return entry if entry is not None and entry["facility"] in scope else None
+
+    def note(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.feedback.append(record)
+
+
+def card_store(request: Request) -> CardStore:
+    state = request.app.state
+    with _create:
+        if getattr(state, "cds_cards", None) is None:
+            state.cds_cards = CardStore()
+    store: CardStore = state.cds_cards
+    return store
+
+
+@router.get("/cds-services")
+async def discovery_endpoint(key: Caller) -> JSONResponse:
+    from rx_audit.adapters.cds_hooks import discovery
+
+    return JSONResponse(discovery())
+
+
+@router.post(SERVICE_PATH)
+async def order_sign(request: Request, key: Caller) -> JSONResponse:
+    found = services(request)
+    body = json_object(await read_body(request, found.settings.max_body_bytes), "order-sign request")
+    store = card_store(request)
+    try:
+        answer = await run_in_threadpool(_order_sign, found, store, body, key)
+    except PrescriptionError:
+        found.metrics.audits.labels("invalid").inc()
+        raise
+    found.metrics.audits.labels(answer["outcome"]).inc()
+    request.state.prescription_id = answer["result"]["id"]
+    request.state.outcome = answer["outcome"]
+    return JSONResponse(answer["cards"])
+
+
+def _order_sign(found: Services, store: CardStore, hook: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+    from rx_audit.adapters.cds_hooks import card_index, cards, prescription_from_order_sign
+
+    facility = key_facility(key)
+    record = prescription_from_order_sign(hook, facility=facility)
+    answer = audit_and_queue(found, record, key)
+    response = cards(answer["audit"], found.queue.reasons("approve"))
+    context = hook.get("context")
+    user = context.get("userId") if isinstance(context, dict) else None
+    index = card_index(answer["audit"], response)
+    for entry in index.values():
+        entry.update(facility=facility["id"], user=str(user) if user else None,
+                     version=answer["result"]["version"])  # fmt: skip
+    store.add(index)
+    answer["cards"] = response
+    return answer
+
+
+@router.post(SERVICE_PATH + "/feedback")
+async def feedback(request: Request, key: Caller) -> JSONResponse:
+    from rx_audit.adapters.cds_hooks import feedback_outcome
+
+    found = services(request)
+    body = json_object(await read_body(request, found.settings.max_body_bytes), "feedback")
+    records = feedback_outcome(body)
+    store = card_store(request)
+    results = await run_in_threadpool(_record_feedback, found, store, records, key)
+    request.state.outcome = "feedback"
+    return JSONResponse({"feedback": results})
+
+
+def _record_feedback(
+    found: Services, store: CardStore, records: list[dict[str, Any]], key: ApiKey
+) -> list[dict[str, Any]]:
+    scope = sorted(key.facilities)
+    out: list[dict[str, Any]] = []
+    for record in records:
+        entry = store.find(record["card"], key.facilities)
+        if entry is None:
+            out.append({"card": record["card"], "outcome": record["outcome"], "recorded": "unknown-card"})
+            continue
+        recorded = "noted"
+        reason = _reason_text(record)
+        if record["outcome"] == "overridden" and reason and entry.get("user"):
+            state = prescription_state(found.queue, entry["prescription"], scope)
+            if state["status"] == "returned":
+                found.queue.double_sign(entry["prescription"], entry["user"], reason, scope=scope)
+                recorded = "double_signed"
+        noted = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "key_id": key.id,
+            "card": record["card"],
+            "prescription": entry["prescription"],
+            "facility": entry["facility"],
+            "rules": entry["rules"],
+            "outcome": record["outcome"],
+            "reason_code": record["reason_code"],
+            "accepted_suggestions": record["accepted_suggestions"],
+            "recorded": recorded,
+        }
+        store.note(noted)
+        log.info(json.dumps({"event": "cds_feedback", **noted}, ensure_ascii=False))
+        out.append({"card": record["card"], "outcome": record["outcome"], "prescription": entry["prescription"],
+                    "recorded": recorded})  # fmt: skip
+    return out
+
+
+def _reason_text(record: dict[str, Any]) -> str | None:
+    """The override reason as the 双签 reason: ``display (code): comment``, whatever of it was given."""
+    coded = " ".join(part for part in (record["reason_display"], f"({record['reason_code']})"
+                                       if record["reason_code"] else None) if part)  # fmt: skip
+    text = "：".join(part for part in (coded, record["comment"]) if part)
+    return text.strip() or None
