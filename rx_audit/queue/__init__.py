@@ -45,6 +45,7 @@ from rx_audit.queue.prepare import prepare_record
 from rx_audit.queue.reasons import DEFAULT_REASONS, load_reasons
 from rx_audit.queue.review_queue import ReviewQueue
 from rx_audit.queue.schemas import (
+    AuditedPrescription,
     Decision,
     PreparedRecord,
     Reason,
@@ -86,6 +87,7 @@ __all__ = [
     "STATUSES",
     "VERSION_TABLE",
     "AuditResultRow",
+    "AuditedPrescription",
     "ChainHeadRow",
     "Decision",
     "DecisionRow",

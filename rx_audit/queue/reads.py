@@ -14,10 +14,19 @@ import sqlalchemy
 from sqlalchemy import and_, func
 from sqlmodel import Session, select
 
+from rx_audit.errors import NotFoundError
 from rx_audit.queue.common import READY_STATUSES, as_day, scope_list, utc
 from rx_audit.queue.database import db_operation
 from rx_audit.queue.filters import Filter, item_filters
-from rx_audit.queue.schemas import Decision, ReviewDetail, ReviewItem, SearchHit, TrailEntry, VersionInfo
+from rx_audit.queue.schemas import (
+    AuditedPrescription,
+    Decision,
+    ReviewDetail,
+    ReviewItem,
+    SearchHit,
+    TrailEntry,
+    VersionInfo,
+)
 from rx_audit.queue.store import QueueStore
 from rx_audit.queue.tables import (
     AUDITS,
@@ -69,6 +78,56 @@ class Reads(QueueStore):
                 versions=versions,
                 decisions=[Decision.model_validate(d) for d in decisions],
                 trail=[TrailEntry.model_validate(t) for t in trail],
+            )
+
+    @db_operation
+    def prescription(
+        self, prescription_id: str, version: int | None = None, *, scope: Sequence[str] | None = None
+    ) -> AuditedPrescription:
+        """One version (default: the newest) of a prescription, flagged or not, with its latest audit,
+        its review item (if flagged), every version of the id and the decisions taken on them.
+        Outside ``scope`` (or absent): :class:`NotFoundError`."""
+        with self._read() as session:
+            stmt = select(PrescriptionRow).where(PRESCRIPTIONS.c.prescription_id == prescription_id)
+            if version is not None:
+                stmt = stmt.where(PRESCRIPTIONS.c.version == int(version))
+            if scope is not None:
+                stmt = stmt.where(PRESCRIPTIONS.c.facility_id.in_(scope_list(scope)))
+            rx = session.exec(stmt.order_by(PRESCRIPTIONS.c.version.desc())).first()
+            if rx is None or rx.id is None:
+                raise NotFoundError(f"处方 {prescription_id} 不存在 (no such prescription)")
+            audit = session.exec(
+                select(AuditResultRow)
+                .where(AUDITS.c.prescription_row_id == rx.id)
+                .order_by(AUDITS.c.id.desc())
+            ).first()
+            item = None
+            if audit is not None:
+                item = session.exec(select(ReviewItemRow).where(ITEMS.c.audit_result_id == audit.id)).first()
+            versions, visible_items = _versions(session, prescription_id, scope)
+            decision_stmt = select(DecisionRow).where(DECISIONS.c.prescription_id == prescription_id)
+            if scope is not None:
+                decision_stmt = decision_stmt.where(DECISIONS.c.item_id.in_(visible_items))
+            decisions = session.exec(decision_stmt.order_by(DECISIONS.c.id)).all()
+            return AuditedPrescription(
+                prescription_id=rx.prescription_id,
+                version=rx.version,
+                received_at=rx.received_at,
+                prescription=json.loads(rx.payload),
+                result=(
+                    {
+                        "id": rx.prescription_id,
+                        "flagged": audit.flagged,
+                        "severity": audit.severity,
+                        "rulebook": audit.rulebook,
+                        "findings": json.loads(audit.findings),
+                    }
+                    if audit is not None
+                    else None
+                ),
+                item=self._public(item) if item is not None else None,
+                versions=versions,
+                decisions=[Decision.model_validate(d) for d in decisions],
             )
 
     @db_operation

@@ -66,6 +66,21 @@ class ReviewDetail(BaseModel):
     trail: list[TrailEntry]
 
 
+class AuditedPrescription(BaseModel):
+    """One stored version of a prescription, flagged or not (:meth:`ReviewQueue.prescription`): its
+    payload, its latest audit, the review item when it was flagged, and every version of its id —
+    what a pharmacist reads of a patient's earlier prescriptions and of a resubmission."""
+
+    prescription_id: str
+    version: int
+    received_at: datetime
+    prescription: dict[str, Any]
+    result: dict[str, Any] | None = None  # contract shape: flagged, severity, rulebook, findings
+    item: ReviewItem | None = None
+    versions: list[VersionInfo] = []
+    decisions: list[Decision] = []
+
+
 class SearchHit(BaseModel):
     """One audited prescription version (flagged or not) found by :meth:`ReviewQueue.search`."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import update
 from sqlmodel import Session, select
@@ -181,11 +181,13 @@ class Workflow(ChainedStore, WebhookEvents, Reasons):
         lease_seconds: float = 600,
         now: datetime | None = None,
         scope: Sequence[str] | None = None,
+        exclude: Sequence[int] | None = None,
     ) -> ReviewItem | None:
         """Claim the ready item that is escalated first, most severe, then oldest; None when none is left.
 
         ``facilities`` limits the claim to the facilities the pharmacist serves (county hub routing),
-        within ``scope`` (the facilities the caller may see; None: all).
+        within ``scope`` (the facilities the caller may see; None: all). ``exclude``: item ids not
+        to take (the ones this pharmacist skipped; others may still take them).
         Leases that have expired are released first (logged), so a crashed session never blocks.
         """
         pharmacist_id = clean_text(pharmacist_id)  # as stored: NUL escaped
@@ -195,6 +197,8 @@ class Workflow(ChainedStore, WebhookEvents, Reasons):
                 facility=facilities, severity=severity, category=category, department=department, scope=scope
             ),
         ]
+        if exclude:
+            conditions.append(ITEMS.c.id.not_in([int(i) for i in exclude]))
         for _attempt in range(50):
             moment = utc(now)
             try:
@@ -231,6 +235,78 @@ class Workflow(ChainedStore, WebhookEvents, Reasons):
                 return self._claim_row(session, row, pharmacist_id, action, moment, lease_seconds)
         except LostRace:
             raise StateError(f"审方任务 {item_id} 刚被他人更改 (changed concurrently), retry") from None
+
+    @db_operation
+    def renew_lease(
+        self,
+        item_id: int,
+        pharmacist_id: str,
+        lease_seconds: float = 600,
+        *,
+        now: datetime | None = None,
+        scope: Sequence[str] | None = None,
+    ) -> ReviewItem:
+        """Extend the lease of an item ``pharmacist_id`` holds (the workbench calls this while the item
+        is open). No trail row: the status does not change, and the claim's trail row already records
+        the lease; a lease that runs out is logged when it is released. StateError when the item is
+        not (or no longer) this pharmacist's."""
+        pharmacist_id = clean_text(pharmacist_id)
+        moment = utc(now)
+        with self._write() as session:
+            row = self._item_row(session, item_id, scope)
+            if row.status != "claimed" or row.claimed_by != pharmacist_id:
+                raise StateError(f"审方任务 {item_id} 已不在 {pharmacist_id} 的审核中 (no longer claimed by you)")
+            expires = moment + timedelta(seconds=lease_seconds)
+            session.connection().execute(
+                update(ITEMS)
+                .where(ITEMS.c.id == row.id, ITEMS.c.status == "claimed", ITEMS.c.claimed_by == pharmacist_id)
+                .values(lease_expires_at=expires)
+            )
+            session.expunge(row)
+            row.lease_expires_at = expires
+            return self._public(row)
+
+    @db_operation
+    def release(
+        self,
+        item_id: int,
+        pharmacist_id: str,
+        *,
+        action: Literal["give_back", "skip"] = "give_back",
+        note: str = "",
+        now: datetime | None = None,
+        scope: Sequence[str] | None = None,
+    ) -> ReviewItem:
+        """Put an item ``pharmacist_id`` holds back in line undecided (交回 ``give_back``, or 跳过
+        ``skip`` — the workbench then does not offer it to that pharmacist again), logged in the
+        trail with ``action`` and ``note``. It returns to the ready status it came from and keeps its
+        place (``queued_at`` unchanged: giving an item back must not send it to the end of the line)."""
+        if action not in ("give_back", "skip"):
+            raise QueueError(f"release action must be give_back or skip, not {action!r}")
+        pharmacist_id = clean_text(pharmacist_id)
+        moment = utc(now)
+        words = {"give_back": "交回 given back", "skip": "跳过 skipped"}[action]
+        try:
+            with self._write() as session:
+                row = self._item_row(session, item_id, scope)
+                if row.status != "claimed" or row.claimed_by != pharmacist_id:
+                    raise StateError(f"审方任务 {item_id} 不在 {pharmacist_id} 的审核中，不能交回 (not claimed by you)")
+                self._move(
+                    session,
+                    row,
+                    row.requeue_status or "pending",
+                    actor=pharmacist_id,
+                    action=action,
+                    now=moment,
+                    note=words + (f"：{clean_text(note)}" if note and note.strip() else ""),
+                    expect_claimed_by=pharmacist_id,
+                    claimed_by=None,
+                    claimed_at=None,
+                    lease_expires_at=None,
+                )
+                return self._public(row)
+        except LostRace:
+            raise StateError(f"审方任务 {item_id} 刚被他人更改 (changed concurrently)") from None
 
     @db_operation
     def release_expired(self, now: datetime | None = None) -> int:
