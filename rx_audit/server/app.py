@@ -8,11 +8,12 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from rx_audit import Auditor, ReviewQueue, __version__
-from rx_audit.server import ops, problems, routes_webhooks
+from rx_audit.server import openapi, ops, problems, routes_webhooks
 from rx_audit.server.auth import KeyRing, RateLimiter
 from rx_audit.server.context import Services
 from rx_audit.server.metrics import Metrics
@@ -57,6 +58,13 @@ def create_app(
         if owned_auditor:
             found.auditor.close()
 
+    app = _assemble(lifespan)
+    app.state.services = found
+    return app
+
+
+def _assemble(lifespan: Any = None) -> FastAPI:
+    """The routes, handlers and middleware (they reach the services through ``app.state`` per request)."""
     app = FastAPI(
         title="rx_audit",
         version=__version__,
@@ -65,7 +73,6 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.services = found
     problems.install(app)
     ops.install(app)
     app.include_router(audit_router)
@@ -73,7 +80,13 @@ def create_app(
     routes_webhooks.install(app)  # PUT /v1/webhooks, GET /v1/webhooks/events; the deliverer thread
     app.include_router(cds_router)  # CDS Hooks 2.0: discovery, order-sign, feedback
     app.include_router(ops.router)
+    openapi.install(app)  # the published schema: bodies, answers, problems, bearer auth
     return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The published OpenAPI schema, without a rulebook, a database or keys (for docs and tests)."""
+    return _assemble().openapi()
 
 
 def configure_logging() -> None:

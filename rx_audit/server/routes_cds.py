@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from rx_audit import PrescriptionError
 from rx_audit.server.auth import ApiKey
 from rx_audit.server.context import Caller, Services, json_object, read_body, services
+from rx_audit.server.problems import Problem
 from rx_audit.server.routes_audit import audit_and_queue, key_facility
 from rx_audit.server.state import prescription_state
 
@@ -90,6 +91,7 @@ async def discovery_endpoint(key: Caller) -> JSONResponse:
 async def order_sign(request: Request, key: Caller) -> JSONResponse:
     found = services(request)
     body = json_object(await read_body(request, found.settings.max_body_bytes), "order-sign request")
+    _check_shape(body)
     store = card_store(request)
     try:
         answer = await run_in_threadpool(_order_sign, found, store, body, key)
@@ -100,6 +102,20 @@ async def order_sign(request: Request, key: Caller) -> JSONResponse:
     request.state.prescription_id = answer["result"]["id"]
     request.state.outcome = answer["outcome"]
     return JSONResponse(answer["cards"])
+
+
+def _check_shape(hook: dict[str, Any]) -> None:
+    """The containers the adapter walks must be what CDS Hooks says they are (a list where an object
+    belongs was a 500, found by the schema's property tests): 422 naming the field instead."""
+    prefetch = hook.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
+        raise Problem(422, "prefetch: 应为对象 (must be an object)", kind="invalid-field", field="prefetch")
+    context = hook.get("context")
+    orders = context.get("draftOrders") if isinstance(context, dict) else None
+    entries = orders.get("entry") if isinstance(orders, dict) else None
+    if entries is not None and not isinstance(entries, list):
+        raise Problem(422, "context.draftOrders.entry: 应为数组 (must be an array)", kind="invalid-field",
+                      field="context.draftOrders.entry")  # fmt: skip
 
 
 def _order_sign(found: Services, store: CardStore, hook: dict[str, Any], key: ApiKey) -> dict[str, Any]:

@@ -37,7 +37,8 @@ async def get_prescription(
     prescription_id: PrescriptionId,
     key: Caller,
     wait: Annotated[float, Query(ge=0, description="long-poll up to N seconds for a change")] = 0,
-    since: Annotated[str | None, Query(description="with wait: return as soon as the status is not this")] = None,
+    since: Annotated[str | None, Query(description="with wait: return as soon as the status is not this",
+                                       json_schema_extra={"enum": ["not_flagged", *STATUSES]})] = None,
 ) -> JSONResponse:
     found = services(request)
     request.state.prescription_id = prescription_id

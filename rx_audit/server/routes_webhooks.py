@@ -65,7 +65,8 @@ async def registrations(request: Request, key: Caller) -> JSONResponse:
 async def events(
     request: Request,
     key: Caller,
-    status: Annotated[str | None, Query(description="pending | delivered | failed")] = None,
+    status: Annotated[str | None, Query(description="pending | delivered | failed",
+                                        json_schema_extra={"enum": list(DELIVERY_STATUSES)})] = None,
     prescription_id: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
