@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from review_ui import ui
+from review_ui import ui, wording
 from rx_audit import DrugInfo, Rulebook, RuleInfo, drug_infos, rule_infos, rules_of
 
 KIND_LABELS: dict[str, str] = {
@@ -34,6 +34,16 @@ def _views(rulebook_hash: str, _rulebook: Rulebook) -> tuple[tuple[DrugInfo, ...
 
 def drugs(rulebook: Rulebook) -> tuple[DrugInfo, ...]:
     return _views(rulebook.hash, rulebook)[0]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _drug_names(rulebook_hash: str, _rulebook: Rulebook) -> dict[str, str]:
+    return {drug.id: drug.name for drug in drugs(_rulebook)}
+
+
+def drug_names(rulebook: Rulebook) -> dict[str, str]:
+    """Drug id → Chinese name (``metformin`` → ``二甲双胍``), for evidence written with drug ids."""
+    return _drug_names(rulebook.hash, rulebook)
 
 
 def rules(rulebook: Rulebook) -> tuple[RuleInfo, ...]:
@@ -61,7 +71,9 @@ def _rules_table(rulebook_hash: str, _rulebook: Rulebook) -> pd.DataFrame:
                 "药品 drug": rule.drug_name or "",
                 "类别 category": ui.category_label(rule.category),
                 "等级 severity": ui.severity_label(rule.severity),
-                "提示 message": rule.message,
+                # {drug} is filled by rx_audit; what the engine fills at audit time ({egfr}, {value}…)
+                # is named in words, so no raw template reaches the pharmacist.
+                "提示 message": wording.template_text(rule.message),
                 "来源文件 source": rule.source,
                 "临床依据 reference": rule.reference or "",
                 "drug_key": rule.drug_id or "",

@@ -93,17 +93,39 @@ class ReviewService:
     def reasons(self, kind: Literal["approve", "return"]) -> list[Reason]:
         return self._queue.reasons(kind)
 
+    def prescription(self, prescription_id: str, version: int | None = None) -> Any:
+        """Any stored version of a prescription (flagged or not) with its versions and decisions
+        (``AuditedPrescription``; not re-exported by ``rx_audit``, hence ``Any`` here)."""
+        record = self._queue.prescription(prescription_id, version, scope=self._scope_arg)
+        facility = record.prescription.get("facility")
+        if not self.in_scope(facility.get("id") if isinstance(facility, dict) else None):
+            raise NotFoundError(f"处方 {prescription_id} 不存在 (no such prescription)")
+        return record
+
+    def patient_history(self, patient_id: str, limit: int = 20) -> list[SearchHit]:
+        """The patient's audited prescriptions, flagged or not, newest first (within the scope)."""
+        return self.search(patient_id=patient_id, limit=limit, offset=0)
+
     def claimed_by_me(self) -> list[ReviewItem]:
         return self.list_items(status="claimed", claimed_by=self.user.id)
 
     # --- actions (always as this user) ------------------------------------------------------
 
-    def claim_next(self, **filters: Any) -> ReviewItem | None:
-        item = self._queue.claim_next(self.user.id, **filters, scope=self._scope_arg)
+    def claim_next(self, *, lease_seconds: float = 600, **filters: Any) -> ReviewItem | None:
+        item = self._queue.claim_next(self.user.id, lease_seconds=lease_seconds, **filters, scope=self._scope_arg)
         return self._checked(item) if item is not None else None
 
-    def claim(self, item_id: int) -> ReviewItem:
-        return self._checked(self._queue.claim(int(item_id), self.user.id, scope=self._scope_arg))
+    def claim(self, item_id: int, lease_seconds: float = 600) -> ReviewItem:
+        return self._checked(self._queue.claim(int(item_id), self.user.id, lease_seconds, scope=self._scope_arg))
+
+    def renew_lease(self, item_id: int, lease_seconds: float = 600) -> ReviewItem:
+        return self._queue.renew_lease(int(item_id), self.user.id, lease_seconds, scope=self._scope_arg)
+
+    def give_back(self, item_id: int, note: str = "") -> ReviewItem:
+        return self._queue.release(int(item_id), self.user.id, action="give_back", note=note, scope=self._scope_arg)
+
+    def skip(self, item_id: int, note: str = "") -> ReviewItem:
+        return self._queue.release(int(item_id), self.user.id, action="skip", note=note, scope=self._scope_arg)
 
     def approve(self, item_id: int, reason_code: str, comment: str = "") -> ReviewItem:
         return self._queue.approve(int(item_id), self.user.id, reason_code, comment, scope=self._scope_arg)

@@ -19,34 +19,36 @@ from review_ui.auth import ROLE_LABELS
 
 logging.getLogger("rx_audit").setLevel(logging.INFO)
 
-st.set_page_config(page_title="处方审核 rx_audit", page_icon="💊", layout="wide")
+st.set_page_config(page_title="处方审核 rx_audit", page_icon=ui.ICONS["workbench"], layout="wide")
 
 settings = backend.settings_or_stop()
+ui.set_timezone(settings.timezone)  # every time on every page in the facility's zone
 user = backend.signed_in_user(settings)
 
 if user is None:
     navigation = st.navigation(
-        [st.Page("views/signin.py", title="登录 Sign in", icon="🔐", url_path="signin", default=True)],
+        [st.Page("views/signin.py", title="登录 Sign in", icon=ui.ICONS["signin"], url_path="signin", default=True)],
         position="hidden",
     )
     navigation.run()
     st.stop()
 
 pages = [
-    st.Page("views/workbench.py", title="审方工作台 Workbench", icon="🩺", url_path="workbench", default=True),
-    st.Page("views/search.py", title="检索 Search", icon="🔎", url_path="search"),
-    st.Page("views/statistics.py", title="统计 Statistics", icon="📊", url_path="statistics"),
-    st.Page("views/rulebook.py", title="规则库 Rulebook", icon="📚", url_path="rulebook"),
+    st.Page("views/workbench.py", title="审方工作台 Workbench", icon=ui.ICONS["workbench"], url_path="workbench",
+            default=True),
+    st.Page("views/search.py", title="检索 Search", icon=ui.ICONS["search"], url_path="search"),
+    st.Page("views/statistics.py", title="统计 Statistics", icon=ui.ICONS["statistics"], url_path="statistics"),
+    st.Page("views/rulebook.py", title="规则库 Rulebook", icon=ui.ICONS["rulebook"], url_path="rulebook"),
 ]
 if user.is_admin:
-    pages.append(st.Page("views/admin.py", title="管理 Admin", icon="⚙️", url_path="admin"))
+    pages.append(st.Page("views/admin.py", title="管理 Admin", icon=ui.ICONS["admin"], url_path="admin"))
 
 with st.sidebar:
     # Names can come from an SSO identity provider: outside text, escaped like HIS text.
     st.markdown(f"**{ui.md(user.name)}**  \n{ui.md(user.id)} · {ROLE_LABELS.get(user.role, user.role)}")
     if user.facilities:
         st.caption("负责机构 facilities: " + ui.md(", ".join(user.facilities)))
-    if st.button("退出登录 Sign out", key="sign_out", icon="🚪"):
+    if st.button("退出登录 Sign out", key="sign_out", icon=ui.ICONS["signout"]):
         auth.sign_out()
         st.rerun()
 

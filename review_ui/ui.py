@@ -12,12 +12,44 @@ import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rx_audit import READY_STATUSES, STATUSES, Category, Severity
 
 # Most severe first (the order of the filters and of the findings on screen).
 SEVERITIES: tuple[str, ...] = tuple(s.value for s in sorted(Severity, key=lambda s: s.rank, reverse=True))
-SEVERITY_ICONS: dict[str, str] = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+# Streamlit's Material Symbols (a web font Streamlit ships): no emoji, which render as empty boxes on
+# a hospital PC without an emoji font. Used in Markdown and icon= only; table cells are plain text.
+SEVERITY_ICONS: dict[str, str] = {
+    "critical": ":material/block:",
+    "warning": ":material/warning:",
+    "info": ":material/info:",
+}
+ICONS: dict[str, str] = {
+    "workbench": ":material/medication:",
+    "search": ":material/search:",
+    "statistics": ":material/monitoring:",
+    "rulebook": ":material/menu_book:",
+    "admin": ":material/settings:",
+    "signin": ":material/login:",
+    "signout": ":material/logout:",
+    "claim": ":material/inbox:",
+    "pass": ":material/check_circle:",
+    "return": ":material/undo:",
+    "give_back": ":material/assignment_return:",
+    "skip": ":material/skip_next:",
+    "timer": ":material/timer:",
+    "lease": ":material/lock_clock:",
+    "history": ":material/history:",
+    "diff": ":material/difference:",
+    "double_sign": ":material/draw:",
+    "error": ":material/error:",
+    "done": ":material/task_alt:",
+    "check": ":material/fact_check:",
+    "key": ":material/key:",
+    "download": ":material/download:",
+    "open": ":material/open_in_new:",
+}
 SEVERITY_MD_COLOR: dict[str, str] = {"critical": "red", "warning": "orange", "info": "blue"}
 SEVERITY_BG: dict[str, str] = {"critical": "#fde2e1", "warning": "#fff1d6", "info": "#e3f0ff"}
 
@@ -116,11 +148,11 @@ def _severity_words(key: Any) -> str:
 
 
 def severity_label(value: Any) -> str:
-    """``🔴 拦截 critical``: icon, rx_audit's Chinese word, the English one."""
+    """``拦截 critical``: rx_audit's Chinese word, the English one (plain text: tables, options)."""
     key = _key(value)
     if key is None:
         return "—"
-    return f"{SEVERITY_ICONS.get(key, '')} {_severity_words(key)}".strip()
+    return _severity_words(key)
 
 
 def severity_md(value: Any) -> str:
@@ -129,7 +161,8 @@ def severity_md(value: Any) -> str:
     if key is None:
         return "—"
     color = SEVERITY_MD_COLOR.get(key, "gray")
-    return f":{color}-badge[{md(_severity_words(key))}]"
+    icon = SEVERITY_ICONS.get(key, "")
+    return f":{color}-badge[{icon} {md(_severity_words(key))}]"
 
 
 def worst_severity(values: Any) -> str | None:
@@ -183,19 +216,58 @@ def format_age(seconds: float | None) -> str:
     return f"{secs}秒"
 
 
-def format_time(value: Any) -> str:
-    if value is None:
-        return "—"
+# --- one time zone everywhere: the facility's ----------------------------------------------------
+#
+# The queue stores UTC; CONTRACT times carry their offset (``10:15+08:00``). Both are shown in the
+# facility's zone (``Settings.timezone``, default Asia/Shanghai), so the issue time in the header
+# and in the search table are the same clock (they differed by 8 hours: 03:03 vs 11:03).
+_ZONE: ZoneInfo = ZoneInfo("Asia/Shanghai")
+
+
+def set_timezone(name: str) -> None:
+    global _ZONE
+    _ZONE = ZoneInfo(name)
+
+
+def zone() -> ZoneInfo:
+    return _ZONE
+
+
+def to_local(value: Any) -> datetime | None:
+    """A datetime (naive = UTC, as the queue stores) or ISO text (naive = already local, as an HIS
+    writes it) in the facility's zone; None when it is neither."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return None
+        return parsed.replace(tzinfo=_ZONE) if parsed.tzinfo is None else parsed.astimezone(_ZONE)
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(_ZONE)
+    return None
+
+
+def today() -> date:
+    """Today in the facility's zone (not the server's)."""
+    return datetime.now(_ZONE).date()
+
+
+def format_time(value: Any, seconds: bool = False) -> str:
+    """``2025-03-26 10:15`` in the facility's zone."""
+    if value is None:
+        return "—"
+    local = to_local(value)
+    if local is not None:
+        return local.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
+
+
+def clock(value: Any) -> str:
+    """``10:15:03`` in the facility's zone (times of today: deadlines, leases)."""
+    local = to_local(value)
+    return local.strftime("%H:%M:%S") if local is not None else "—"
 
 
 def yes_no(value: Any) -> str:
@@ -215,8 +287,8 @@ def row_style_by_severity(column: str = "severity_key") -> Callable[[Any], list[
     return style
 
 
-def day_range(days: int, today: date | None = None) -> tuple[date, date]:
-    end = today or date.today()
+def day_range(days: int, end_day: date | None = None) -> tuple[date, date]:
+    end = end_day or today()
     return end - timedelta(days=days - 1), end
 
 
@@ -233,9 +305,5 @@ def utc_age_seconds(value: Any, now: datetime | None = None) -> float | None:
 
 
 def local_time(value: Any) -> str:
-    """A naive-UTC timestamp from the queue, shown in the server's local time."""
-    if value is None:
-        return "—"
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC).astimezone()
+    """A timestamp from the queue (UTC), shown in the facility's zone."""
     return format_time(value)

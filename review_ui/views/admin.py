@@ -27,7 +27,7 @@ def reload_history() -> tuple[threading.Lock, list[dict[str, str]]]:
     return threading.Lock(), []
 
 
-st.title("⚙️ 管理 Admin")
+st.title(f"{ui.ICONS['admin']} 管理 Admin")
 
 live = auditor.rulebook  # read once: its hash and its contents belong together
 st.subheader("在用规则库 Live rulebook")
@@ -48,7 +48,7 @@ st.caption(
 path = st.text_input(
     "规则库目录 rulebook folder (服务器上的路径 path on the server)", value=str(live.root), key="admin_rules_path"
 )
-if st.button("检查 Check", key="admin_check", icon="🔍"):
+if st.button("检查 Check", key="admin_check", icon=ui.ICONS["check"]):
     # Out of the server process with a time limit (see review_ui/rulebook_check.py): a rulebook
     # that never finishes loading can no longer freeze the server for everyone.
     with st.spinner(f"检查中 checking… (最长 at most {settings.check_timeout_seconds:g} 秒 s)"):
@@ -118,7 +118,7 @@ if report is not None and report.path == path:
                     )
                 log.info("rulebook reload by=%s path=%s from=%s to=%s", user.id, path, previous, new_hash)
                 st.session_state.pop("admin_report", None)
-                st.toast(f"已启用 activated {ui.md(new_hash[:19])}…", icon="✅")
+                st.toast(f"已启用 activated {ui.md(new_hash[:19])}…", icon=ui.ICONS["done"])
                 st.rerun()
         if Path(path).resolve() != Path(settings.rules).resolve():
             st.caption(

@@ -24,7 +24,7 @@ all_drugs = catalog.drugs(rulebook)
 all_rules = catalog.rules(rulebook)
 monographs = sum(1 for drug in all_drugs if drug.monograph)
 
-st.title("📚 规则库 Rulebook")
+st.title(f"{ui.ICONS['rulebook']} 规则库 Rulebook")
 st.caption(
     f"在用版本 live version `{rulebook.hash}` · {len(all_drugs)} 种药品 drugs（{monographs} 种有专论 with a "
     f"monograph）· {len(all_rules)} 条规则 rules · 目录 `{rulebook.root}`"

@@ -6,20 +6,21 @@ goes through the user's scoped service, so an item of another facility is simply
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, ui
+from review_ui import backend, catalog, ui
 from review_ui import detail as detail_view
 from rx_audit import NotFoundError
 
 user = backend.require_user()
 settings = backend.settings_or_stop()
 service = backend.service(settings, user)  # every queue call scoped to this user's facilities
+names = catalog.drug_names(backend.auditor(settings).rulebook)
 
-st.title("🔎 检索 Search")
+st.title(f"{ui.ICONS['search']} 检索 Search")
 
 
 def show_item(item_id: int) -> None:
@@ -30,7 +31,7 @@ def show_item(item_id: int) -> None:
         return
     st.divider()
     st.subheader(f"处方 {ui.md(detail.item.prescription_id)}")
-    detail_view.show_detail(detail, history_expanded=True)
+    detail_view.show_detail(detail, names, service, history_expanded=True)
 
 
 VERDICTS: list[str | None] = [None, *ui.VERDICTS]  # any; flagged or clean; one of the queue's statuses
@@ -46,7 +47,7 @@ with st.form("search"):
         use_dates = st.checkbox("按开具日期 filter by issue date", key="s_use_dates")
         dates = st.date_input(
             "日期 date range",
-            value=(date.today() - timedelta(days=30), date.today()),
+            value=(ui.today() - timedelta(days=30), ui.today()),
             key="s_dates",
             label_visibility="collapsed",
         )
@@ -119,7 +120,11 @@ if query is not None:
         st.caption("选中一行查看详情 (select a row for the details)")
         item_id = frame.iloc[selected[0]]["item_id"] if selected else None
         if selected and pd.isna(item_id):
-            st.info("该处方未被拦截，不在审方队列中 (not flagged; no review item).")
+            # Not flagged: no review item, but the prescription itself, its audit and — for a corrected
+            # resubmission — the returned version and what the doctor changed.
+            chosen = results[selected[0]]
+            st.divider()
+            detail_view.show_prescription(service, chosen.prescription_id, chosen.version, names, key="s_rx_view")
         elif selected:
             show_item(int(item_id))  # type: ignore[arg-type]
 

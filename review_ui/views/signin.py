@@ -8,7 +8,7 @@ from review_ui import auth, backend, ui
 
 settings = backend.settings_or_stop()
 
-st.title("💊 处方审核 Prescription review")
+st.title(f"{ui.ICONS['workbench']} 处方审核 Prescription review")
 st.caption("rx_audit · 县域医共体处方前置审核 · 请登录 (please sign in)")
 
 if st.session_state.pop("rx_signed_out_idle", False):
@@ -18,7 +18,7 @@ oidc = auth.oidc_configured()
 if oidc:
     if not auth.authlib_installed():
         st.warning("已配置单点登录但未安装 Authlib (SSO configured but Authlib is not installed): pip install Authlib")
-    elif st.button("使用单位账号登录 Sign in with SSO", type="primary", icon="🔑", key="oidc_login"):
+    elif st.button("使用单位账号登录 Sign in with SSO", type="primary", icon=ui.ICONS["key"], key="oidc_login"):
         st.login()
     refused = st.session_state.get("rx_oidc_refused")
     if refused:

@@ -19,7 +19,7 @@ user = backend.require_user()
 settings = backend.settings_or_stop()
 service = backend.service(settings, user)  # figures only over this user's facilities
 
-st.title("📊 统计 Statistics")
+st.title(f"{ui.ICONS['statistics']} 统计 Statistics")
 
 PRESETS = {
     "近7天 7 days": 7,

@@ -449,7 +449,8 @@ def test_queue_refusal_of_critical_pass_is_shown_in_place(app, queue, monkeypatc
 
     monkeypatch.setattr(ReviewService, "get", downgraded)
     at, item_id = claim_one(app, queue)
-    assert at.selectbox(key=f"wb_ar_{item_id}").value == "A01"  # the UI preselects for a "warning"
+    assert at.selectbox(key=f"wb_ar_{item_id}").value is None  # a "warning" has no preselected reason either
+    at.selectbox(key=f"wb_ar_{item_id}").select("A01")
     button(at, "通过 Pass").click().run()
     no_exception(at)
     assert queue.get(item_id).item.status == "claimed"
@@ -461,9 +462,16 @@ def test_queue_refusal_of_critical_pass_is_shown_in_place(app, queue, monkeypatc
     assert not [e for e in at.error if "队列拒绝" in e.value and e not in refusals]
 
 
-def test_warning_pass_needs_a_reason_code_comment_optional(app, queue) -> None:
+def test_warning_pass_needs_a_chosen_reason_comment_optional(app, queue) -> None:
+    """A warning: no preselected reason (passing is a choice, not a default), the error beside the
+    reason and beside the Pass button; with the reason chosen it passes without a comment."""
     at, item_id = claim_one(app, queue, severity="warning")
-    assert at.selectbox(key=f"wb_ar_{item_id}").value == "A01"
+    assert at.selectbox(key=f"wb_ar_{item_id}").value is None
+    button(at, "通过 Pass").click().run()
+    no_exception(at)
+    assert queue.get(item_id).item.status == "claimed"
+    assert error_after(at, f"wb_ar_{item_id}", "通过原因")
+    at.selectbox(key=f"wb_ar_{item_id}").select("A01")
     button(at, "通过 Pass").click().run()
     no_exception(at)
     item = queue.get(item_id).item
