@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from rx_audit import Auditor, ReviewQueue, __version__
-from rx_audit.server import openapi, ops, problems, routes_webhooks
+from rx_audit.server import openapi, ops, problems, reload, routes_webhooks
 from rx_audit.server.auth import KeyRing, RateLimiter
 from rx_audit.server.context import Services
 from rx_audit.server.metrics import Metrics
@@ -51,7 +51,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # SIGHUP reloads the rulebook this app owns (a shared test auditor is not the app's to reload)
+        undo = reload.on_sighup(found) if owned_auditor else None
         yield
+        if undo is not None:
+            undo()
         found.metrics.worker_stopped()
         if owned_queue:
             found.queue.close()
@@ -80,6 +84,7 @@ def _assemble(lifespan: Any = None) -> FastAPI:
     routes_webhooks.install(app)  # PUT /v1/webhooks, GET /v1/webhooks/events; the deliverer thread
     app.include_router(cds_router)  # CDS Hooks 2.0: discovery, order-sign, feedback
     app.include_router(ops.router)
+    app.include_router(reload.router)  # POST /v1/admin/reload (admin keys)
     openapi.install(app)  # the published schema: bodies, answers, problems, bearer auth
     return app
 

@@ -7,6 +7,7 @@ The keys file (TOML; ``python -m rx_audit.server.keys new --facility LZH`` print
     id = "lzh-his"                       # in logs and metrics; never the key itself
     sha256 = "9f86d08188…"               # hex sha256 of the key
     facilities = ["LZH", "LZH-HW"]
+    admin = true                         # optional: may also call /v1/admin/* (rulebook reload)
 
 Keys are 256-bit random tokens, so one unsalted sha256 is enough (a slow hash such as bcrypt
 protects guessable passwords, not random keys, and would cost every request).
@@ -36,6 +37,7 @@ class ApiKey:
     id: str
     digest: str
     facilities: frozenset[str]
+    admin: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -46,10 +48,11 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def key_entry(key_id: str, key: str, facilities: list[str]) -> str:
+def key_entry(key_id: str, key: str, facilities: list[str], *, admin: bool = False) -> str:
     """The TOML block of a key for the keys file (the hash only)."""
     listed = ", ".join(f'"{facility}"' for facility in facilities)
-    return f'[[key]]\nid = "{key_id}"\nsha256 = "{hash_key(key)}"\nfacilities = [{listed}]\n'
+    block = f'[[key]]\nid = "{key_id}"\nsha256 = "{hash_key(key)}"\nfacilities = [{listed}]\n'
+    return block + ("admin = true\n" if admin else "")
 
 
 class KeyRing:
@@ -96,7 +99,10 @@ def _entry(path: Path, position: int, entry: object) -> ApiKey:
         raise KeysFileError(f"{where} ({key_id}): sha256 must be 64 hex digits")
     if not isinstance(facilities, list) or not facilities or not all(isinstance(f, str) and f for f in facilities):
         raise KeysFileError(f"{where} ({key_id}): facilities must be a non-empty list of facility ids")
-    return ApiKey(key_id, digest.lower(), frozenset(facilities))
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise KeysFileError(f"{where} ({key_id}): admin must be true or false")
+    return ApiKey(key_id, digest.lower(), frozenset(facilities), admin)
 
 
 class RateLimiter:

@@ -1,4 +1,4 @@
-"""``python -m rx_audit.server.keys new --facility LZH [--facility LZH-HW] [--id lzh-his]``.
+"""``python -m rx_audit.server.keys new --facility LZH [--facility LZH-HW] [--id lzh-his] [--admin]``.
 
 Prints the new key once (give it to the HIS; it is not stored anywhere) and the block to append to
 the keys file (its hash only).
@@ -27,6 +27,7 @@ def main() -> None:
 def new(
     facility: Annotated[list[str], typer.Option("--facility", "-f", help="a facility id the key may use (repeat)")],
     key_id: Annotated[str | None, typer.Option("--id", help="the key's name in logs (default: generated)")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="may also call /v1/admin/* (rulebook reload)")] = False,
 ) -> None:
     """Print a new API key once, and its block for the keys file."""
     key_id = key_id or f"key-{secrets.token_hex(4)}"
@@ -40,7 +41,7 @@ def new(
     print("# the key — give it to the HIS once; it is stored nowhere:")
     print(key)
     print("\n# append to the keys file:")
-    print(key_entry(key_id, key, facility))
+    print(key_entry(key_id, key, facility, admin=admin))
 
 
 if __name__ == "__main__":

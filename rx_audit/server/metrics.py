@@ -4,6 +4,8 @@
   ``repeat``, ``invalid`` (a prescription refused as unreadable)
 * ``rx_audit_request_seconds{route}``: latency histogram of the API's routes
 * ``rx_audit_requests_in_flight``: API requests being answered (long polls included)
+* ``rx_audit_rulebook_reloads_total{outcome}``: hot reloads of the rulebook — ``reloaded``, ``failed``
+  (the rule files had errors; the live version stayed)
 * ``rx_audit_queue_depth``: review items waiting for a pharmacist (pending, double-signed, escalated),
   read from the database at each scrape (shared by every worker and instance)
 
@@ -44,6 +46,8 @@ class Metrics:
         )
         self.in_flight = Gauge("rx_audit_requests_in_flight", "API requests being answered", registry=self.registry,
                                multiprocess_mode="livesum")  # fmt: skip
+        self.reloads = Counter("rx_audit_rulebook_reloads", "rulebook reloads, by outcome", ["outcome"],
+                               registry=self.registry)  # fmt: skip
         self.queue_depth = _QueueDepth(queue_depth)
         self.registry.register(self.queue_depth)
 

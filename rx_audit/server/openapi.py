@@ -104,6 +104,12 @@ class WebhookEvents(BaseModel):
     events: list[dict[str, Any]]
 
 
+class Reloaded(BaseModel):
+    rulebook: str
+    previous: str
+    workers: Literal["this", "all"]
+
+
 class Health(BaseModel):
     status: str
 
@@ -111,6 +117,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     checks: dict[str, Any]
+    worker: int
 
 
 class Card(BaseModel):
@@ -135,7 +142,7 @@ class FeedbackAnswer(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     ProblemDetails, Prescription, AuditAnswer, PrescriptionState, DoubleSignBody, WebhookBody, WebhookRegistered,
-    WebhookList, WebhookEvents, Health, Ready, Cards, Discovery, FeedbackAnswer,
+    WebhookList, WebhookEvents, Reloaded, Health, Ready, Cards, Discovery, FeedbackAnswer,
 )  # fmt: skip
 
 # Open objects: the FHIR mapping and the CDS Hooks adapter check them and answer 422 naming the field.
@@ -187,6 +194,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/cds-services"): (),
     ("post", "/cds-services/rx-audit-order-sign"): (403, 413, 422),
     ("post", "/cds-services/rx-audit-order-sign/feedback"): (413, 422),
+    ("post", "/v1/admin/reload"): (403, 409),
 }
 OPEN = {("get", "/healthz"): (), ("get", "/readyz"): (503,), ("get", "/metrics"): ()}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -214,14 +222,22 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/cds-services"): {"$model": "Discovery"},
     ("post", "/cds-services/rx-audit-order-sign"): {"$model": "Cards"},
     ("post", "/cds-services/rx-audit-order-sign/feedback"): {"$model": "FeedbackAnswer"},
+    ("post", "/v1/admin/reload"): {"$model": "Reloaded"},
     ("get", "/healthz"): {"$model": "Health"},
     ("get", "/readyz"): {"$model": "Ready"},
     ("get", "/metrics"): {"text/plain": {"schema": {"type": "string"}}},
 }
-TITLES = {401: "no or unknown API key", 403: "another facility's", 404: "not found (or another facility's)",
-          409: "not in a state that allows it", 413: "body over the size limit", 415: "unsupported Content-Type",
-          422: "invalid input (the field is named)", 429: "rate limit (Retry-After)",
-          503: "the review queue's database is unavailable (Retry-After)"}  # fmt: skip
+TITLES = {
+    401: "no or unknown API key",
+    403: "another facility's (admin routes: not an admin key)",
+    404: "not found (or another facility's)",
+    409: "not in a state that allows it (reload: the rulebook has errors, the live version stays)",
+    413: "body over the size limit",
+    415: "unsupported Content-Type",
+    422: "invalid input (the field is named)",
+    429: "rate limit (Retry-After)",
+    503: "the review queue's database is unavailable (Retry-After)",
+}
 
 
 def extend(extra_errors: dict[tuple[str, str], tuple[int, ...]], answers: dict[tuple[str, str], dict[str, Any]],

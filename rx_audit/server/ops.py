@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,8 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception:
         raise Problem(503, "the review queue's database does not answer", kind="not-ready",
                       checks={**checks, "database": "unavailable"}) from None  # fmt: skip
-    return JSONResponse({"status": "ready", "checks": checks})
+    # the worker's pid: with several workers, which one answered (a reload reaches each in turn)
+    return JSONResponse({"status": "ready", "checks": checks, "worker": os.getpid()})
 
 
 @router.get("/metrics")

@@ -5,24 +5,31 @@ environment; each worker builds its app with :func:`rx_audit.server.app.app_from
 Several workers (``--workers``) and several instances share the queue database: a SQLite file for
 one machine, PostgreSQL behind a load balancer. On SIGTERM uvicorn stops accepting, finishes the
 requests it accepted — at least as long as the longest long poll (``max_wait_seconds``) — then
-closes the queue.
+closes the queue. On SIGHUP every worker reloads the rulebook (:mod:`rx_audit.server.reload`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from rx_audit import Auditor, ReviewQueue
 from rx_audit.server.app import configure_logging
 from rx_audit.server.auth import KeyRing
 from rx_audit.server.metrics import MULTIPROC_ENV
+from rx_audit.server.reload import SUPERVISOR_ENV
 from rx_audit.server.settings import ENV_VARS, Settings
+
+APP = "rx_audit.server.app:app_from_env"
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,7 @@ def serve(settings: Settings, listen: Listen) -> None:
 
 def _run(settings: Settings, listen: Listen) -> None:
     configure_logging()
-    uvicorn.run(
-        "rx_audit.server.app:app_from_env",
+    options: dict[str, Any] = dict(
         factory=True,
         host=listen.host,
         port=listen.port,
@@ -97,3 +103,24 @@ def _run(settings: Settings, listen: Listen) -> None:
         server_header=False,
         log_level="info",
     )
+    if listen.workers == 1:  # the worker is this process: SIGHUP reaches its handler directly
+        uvicorn.run(APP, **options)
+        return
+    config = uvicorn.Config(APP, **options)
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers' admin reload signals us
+    sock = config.bind_socket()
+    try:
+        _Supervisor(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, but SIGHUP is a rulebook reload in every worker (uvicorn's own replaces
+    the workers: seconds of rulebook compiling each, and a broken rulebook would be found only then)."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
