@@ -182,3 +182,51 @@ def test_result_json_follows_the_contract(auditor):
     data = json.loads(auditor.audit(rx(METFORMIN, diagnoses=["J06.9"])).to_json())
     assert set(data) == {"id", "flagged", "severity", "rulebook", "findings"}
     assert {"rule", "category", "severity", "item", "message", "source", "evidence"} <= set(data["findings"][0])
+
+
+def _without_timing(result: AuditResult) -> dict:
+    return result.model_dump(mode="json")
+
+
+def test_batch_facts_of_one_prescription_never_meet_anothers(auditor):
+    """A batch asserts many prescriptions' facts into durable_rules together: a warfarin order and
+    a fluconazole order, a penicillin-allergic patient and an amoxicillin order, paracetamol and a
+    paracetamol combination — each pair flagged when on one prescription, and not at all when
+    split over two prescriptions of the same batch."""
+    warfarin = item("华法林", 3)
+    fluconazole = item("氟康唑", 150, form="胶囊")
+    amoxicillin = item("阿莫西林", 500, frequency="tid", form="胶囊")
+    paracetamol = item("对乙酰氨基酚", 500, frequency="tid")
+    combination = item("复方氨酚烷胺", 1, unit="粒", frequency="bid", form="胶囊")
+    together = [
+        rx({**warfarin, "id": "1"}, {**fluconazole, "id": "2"}, id="BOTH-1", diagnoses=["I48.900", "B37.900"]),
+        rx({**amoxicillin, "id": "1"}, id="BOTH-2", diagnoses=["J02.9"], patient={"allergies": ["青霉素"]}),
+        rx({**paracetamol, "id": "1"}, {**combination, "id": "2"}, id="BOTH-3", diagnoses=["J06.900"]),
+    ]
+    apart = [
+        rx({**warfarin, "id": "1"}, id="A-1", diagnoses=["I48.900"]),
+        rx({**fluconazole, "id": "1"}, id="B-1", diagnoses=["B37.900"]),
+        rx({**item("二甲双胍", 500, frequency="bid"), "id": "1"}, id="A-2", patient={"allergies": ["青霉素"]}),
+        rx({**amoxicillin, "id": "1"}, id="B-2", diagnoses=["J02.9"]),
+        rx({**paracetamol, "id": "1"}, id="A-3", diagnoses=["J06.900"]),
+        rx({**combination, "id": "1"}, id="B-3", diagnoses=["J06.900"]),
+    ]
+    results = {r.id: r for r in auditor.audit_batch([*apart[:3], *together, *apart[3:]])}
+    categories = {rid: {str(f.category) for f in r.findings if str(f.severity) != "info"} for rid, r in results.items()}
+    assert "interaction" in categories["BOTH-1"]
+    assert "contraindication" in categories["BOTH-2"]
+    assert "duplicate" in categories["BOTH-3"]
+    for record in apart:
+        assert not categories[record["id"]] & {"interaction", "contraindication", "duplicate"}, record["id"]
+
+
+def test_a_batch_answers_exactly_what_single_audits_answer(auditor):
+    """Every shipped example prescription, audited in one batch and one at a time: the same results."""
+    from rx_audit.io import iter_records
+
+    root = Path(__file__).resolve().parent.parent
+    records = [record for _, record in iter_records(root / "examples" / "prescriptions.jsonl")]
+    batch = auditor.audit_batch(records)
+    assert len(batch) == len(records) > 100
+    for record, result in zip(records, batch, strict=True):
+        assert _without_timing(result) == _without_timing(auditor.audit(record)), record["id"]

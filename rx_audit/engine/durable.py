@@ -5,9 +5,15 @@ How durable_rules 2.0.28 is driven, and why (each point measured on this project
 * Facts, not events: ``assert`` fires *every* matching rule, where ``post`` consumes an event
   after the first. Each audit asserts its facts and retracts the same JSON in ``finally``, in one
   session per ruleset, so nothing of one prescription is left for the next and memory stays flat.
-* Small rulesets, dispatched: a ruleset scans its rules one by one (≈53 ns per rule per fact)
-  and breaks at ~512 rule paths, so the compiler writes one ruleset per drug, one per drug or
-  class for pairs of items, and global ones; a fact only visits the rulesets that concern it.
+* Rulesets packed, facts batched: a call costs about as much for one fact as for dozens, so the
+  facts of a batch's prescriptions go in together (one call per ruleset for 16 prescriptions,
+  :meth:`Registered.evaluate_many`), and the per-drug and per-key rulesets are packed into shared
+  ones below the ~512-path limit (every rule of them starts with an equality on ``drug`` or
+  ``key``). The 2,000-drug generated rulebook: 2,400 rulesets registered in 8.5 s, packed 230 in
+  4.6 s, at the same audit speed.
+* Memory is per rule, not per ruleset: each rule's beta node carries two 512-entry frame indexes
+  (``leftFrameIndex``/``rightFrameIndex`` in state.h), ≈7–14 KB a rule (10,000 trivial rules:
+  70 MB). A rulebook's resident size follows its rule count — 76,153 rules ≈ 1.1 GB in durable.
 * The engine's C API directly (``durable_rules_engine``), not ``durable.engine.Host``: a Host
   starts two timer threads that poll every ruleset and may run our actions on their own thread
   (observed: ``post`` returning before its action ran), and ``Host.assert_facts`` raises
@@ -114,17 +120,51 @@ class Registered:
         self, batches: dict[str, list[dict[str, Any]]]
     ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
         """Run every ruleset a fact concerns; a ruleset that fails is reported, the others still run."""
-        fired: list[tuple[str, dict[str, Any]]] = []
-        failures: list[tuple[str, str]] = []
-        for logical, batch in batches.items():
+        return self.evaluate_many([batches])[0]
+
+    def evaluate_many(
+        self, prescriptions: list[dict[str, list[dict[str, Any]]]]
+    ) -> list[tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]]:
+        """Several prescriptions' facts in one call per ruleset; (fired, failures) for each, in order.
+
+        A call into durable_rules costs about as much for one fact as for dozens (measured: 8,781
+        calls for 2,000 prescriptions were a fifth of the audit), so a batch asserts the facts of
+        all its prescriptions together. No rule joins two facts (every rule is ``{"all": [{"m":
+        …}]}``), so one prescription's facts cannot match another's; each fired fact is returned to
+        the prescription whose number ``n`` it carries. A ruleset that fails on the merged facts is
+        run again for each prescription alone, so a poisoned record spoils only its own audit.
+        """
+        results: list[tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]] = [
+            ([], []) for _ in prescriptions
+        ]
+        owner: dict[int, int] = {}
+        merged: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for index, batches in enumerate(prescriptions):
+            for logical, facts in batches.items():
+                merged[logical].extend(facts)
+                for fact in facts:
+                    owner[fact["n"]] = index
+        for logical, facts in merged.items():
             if not self.has(logical):
                 continue
             try:
-                fired.extend(self.run(logical, batch))
-            except Exception as error:
-                logger.exception("durable_rules failed on ruleset %s", logical)
-                failures.append((logical, f"{type(error).__name__}: {error}"))
-        return fired, failures
+                fired = self.run(logical, facts)
+            except Exception:
+                for index, batches in enumerate(prescriptions):
+                    if logical in batches:
+                        self._run_alone(logical, batches[logical], results[index])
+                continue
+            for rule_name, fact in fired:
+                results[owner[fact["n"]]][0].append((rule_name, fact))
+        return results
+
+    def _run_alone(self, logical: str, facts: list[dict[str, Any]],
+                   result: tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]) -> None:
+        try:
+            result[0].extend(self.run(logical, facts))
+        except Exception as error:
+            logger.exception("durable_rules failed on ruleset %s", logical)
+            result[1].append((logical, f"{type(error).__name__}: {error}"))
 
     def close(self) -> None:
         with DURABLE_LOCK:

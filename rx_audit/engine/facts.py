@@ -187,7 +187,7 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
                             "a_sys": a["sys"], "b_sys": b["sys"]}
                     _put(pair, "a_daily", a.get("daily"))
                     _put(pair, "b_daily", b.get("daily"))
-                    out.append(("global" if rulebook.pairs_in_global else f"pair:{key}", pair))
+                    out.append(("global" if rulebook.pairs_in_global else rulebook.ruleset_for(f"pair:{key}"), pair))
     return out
 
 
@@ -200,6 +200,7 @@ def _ingredient_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[st
     """Two different products with an ingredient in common: one fact per shared ingredient, durable
     compares it with the other product's ingredients (the same drug twice is the duplicate above)."""
     out: list[tuple[str, dict[str, Any]]] = []
+    target = "global" if rulebook.pairs_in_global else rulebook.ruleset_for(f"pair:{INGREDIENT_KEY}")
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             if first_drug.id == second_drug.id or fact_local(first) != fact_local(second):
@@ -207,7 +208,7 @@ def _ingredient_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[st
             theirs = ingredients(second_drug)
             for ingredient in ingredients(first_drug):
                 if ingredient in theirs:
-                    out.append(("global" if rulebook.pairs_in_global else f"pair:{INGREDIENT_KEY}", {
+                    out.append((target, {
                         "t": "pair", "n": number, "key": INGREDIENT_KEY, "a_item": first["item"],
                         "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
                         "ing": ingredient, "b_ings": list(theirs), "same": 0,
@@ -245,7 +246,7 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
             if item.drug.monograph:
                 # The other items' drugs and classes, for rules that depend on what else is prescribed.
                 others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
-                batches[f"drug:{item.drug.id}"].append({**clinical, **fact, "co": others})
+                batches[rulebook.ruleset_for(f"drug:{item.drug.id}")].append({**clinical, **fact, "co": others})
             # The class rules (allergy and population by class, 长期处方 exclusions) read the drug's
             # classes, control classes and allergy classes.
             classes = [*item.drug.classes, *item.drug.dictionary_classes,

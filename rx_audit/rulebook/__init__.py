@@ -2,9 +2,9 @@
 
 Loading keeps the file and line of every mapping, so every error and every finding points at the
 YAML a pharmacist wrote. Compiling turns each rule into a durable_rules condition and groups
-them into small rulesets — one per drug, one per drug or class for pairs of items, and global
-ones — because a durable ruleset scans its rules one by one and holds at most ~512 rule paths
-(see ``rx_audit.engine``).
+them into rulesets — per drug and per drug or class for pairs of items (then packed into shared
+rulesets, each rule starting with an equality on its drug or key), and global ones — each below
+the ~512 rule paths durable holds (see ``rx_audit.engine.durable``).
 
 Each compiled rule keeps what it needs to explain itself: id, category, severity, message,
 ``file:line``, the fact fields it read and the limit it compared against. For every field a rule

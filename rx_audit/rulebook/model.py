@@ -111,6 +111,8 @@ class Rulebook:
     # two items some rule could match, so the cost follows the interactions, not items².
     pair_partners: dict[str, frozenset[str]] = field(default_factory=dict)
     formularies: dict[str, Formulary] = field(default_factory=dict)  # facility id -> its formulary
+    # logical ruleset ("drug:…", "pair:…") -> the shared ruleset its rules were packed into
+    packed: dict[str, str] = field(default_factory=dict)
 
     pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
     _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
@@ -146,6 +148,10 @@ class Rulebook:
 
     def rules_by_id(self) -> dict[str, CompiledRule]:
         return {rule.id: rule for rule in self.rules.values()}
+
+    def ruleset_for(self, logical: str) -> str:
+        """The ruleset a fact meant for ``logical`` ("drug:metformin", "pair:class:statin") goes to."""
+        return self.packed.get(logical, logical)
 
     def fields_read(self) -> dict[str, frozenset[str]]:
         """Per logical ruleset, the fact fields its rules compare or show: all a fact needs to carry."""
