@@ -400,8 +400,11 @@ def findings_in(result: dict[str, Any] | None) -> list[dict[str, Any]]:
 # --- the patient's earlier prescriptions -------------------------------------------------------------
 
 
-def patient_history_block(service: ReviewService, prescription: dict[str, Any], names: Names, key: str) -> None:
-    """The patient's prescriptions (flagged or not, with their results); one opens below on selection."""
+def patient_history_block(
+    service: ReviewService, prescription: dict[str, Any], version: int, names: Names, key: str
+) -> None:
+    """The patient's other prescriptions and versions (flagged or not, with their results); one opens
+    below on selection."""
     patient = prescription.get("patient") or {}
     patient_id = patient.get("id") if isinstance(patient, dict) else None
     if not patient_id:
@@ -410,7 +413,7 @@ def patient_history_block(service: ReviewService, prescription: dict[str, Any], 
     hits = [
         h
         for h in service.patient_history(str(patient_id), limit=30)
-        if not (h.prescription_id == prescription.get("id") and h.version == prescription.get("version", h.version))
+        if not (h.prescription_id == prescription.get("id") and h.version == version)
     ]
     if not hits:
         st.caption("该患者没有其他处方记录 (no other prescriptions of this patient)")
@@ -515,4 +518,4 @@ def show_detail(
     # A toggle, not an expander: the patient's history is read only when asked for (an expander's body
     # runs on every rerun, and the workbench reruns often).
     if service is not None and st.toggle("患者既往处方 patient's earlier prescriptions", key=f"hist_{detail.item.id}"):
-        patient_history_block(service, prescription, names, key=f"ph{detail.item.id}")
+        patient_history_block(service, prescription, detail.item.version, names, key=f"ph{detail.item.id}")

@@ -1,6 +1,9 @@
 """End to end in a real browser: ``streamlit run review_ui`` on a free local port, driven by
-Playwright with Debian's chromium (no browser download): sign in, claim one prescription, pass
-it, then check the database. Screenshots go to ``tests/review_ui/screenshots/`` (gitignored).
+Playwright with Debian's chromium (no browser download): a pharmacist's whole session (claim,
+refused critical pass, return, next from the top, countdown, warning pass, resubmission diff,
+patient history, give back), then every page as admin, then the Markdown red-team item.
+Screenshots of every page at 1440×900 go to ``tests/review_ui/screenshots/`` (gitignored, but for
+the two the README shows).
 
 Needs ``/usr/bin/chromium`` and a CJK font (``scripts/browser.sh`` installs both). Without them
 the test is skipped locally, and FAILS in CI (``CI=true``): a browser test that silently skips
@@ -16,11 +19,23 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.review_ui.helpers import DEMO_USERS, EVIL_HOST, ROOT, RULES, evil_prescription, evil_result, seed
+from tests.review_ui.helpers import (
+    CHINA,
+    DEMO_USERS,
+    EVIL_HOST,
+    ROOT,
+    RULES,
+    evil_prescription,
+    evil_result,
+    prescription,
+    result,
+    seed,
+)
 
 CHROMIUM = os.environ.get("RX_AUDIT_CHROMIUM", "/usr/bin/chromium")  # Debian's; override only to test the CI rule
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -129,25 +144,74 @@ def server(browser_ready: None, tmp_path: Path) -> Iterator[dict]:
             process.wait(timeout=5)
 
 
-def test_sign_in_claim_and_pass_in_chromium(server: dict) -> None:
+def seed_session(queue) -> dict[str, int]:
+    """A pharmacist's session worth of work, in queue order: a critical item, a warning item whose
+    patient has an earlier (unflagged) prescription, and a doctor's resubmission of a returned one."""
+    from rx_audit import AuditResult
+
+    old = prescription(40, facility="LZH", when=datetime(2025, 3, 1, 9, 0, tzinfo=CHINA))
+    old["id"], old["patient"]["id"] = "RX-OLD-0040", "P-00102"
+    queue.submit(old, AuditResult(id=old["id"], flagged=False, rulebook="sha256:t", findings=[]))
+    warning = prescription(102, facility="LZH")
+    w_item = queue.submit(warning, result(warning, severity="warning"))
+    critical = prescription(101, facility="LZH")
+    c_item = queue.submit(critical, result(critical, severity="critical"))
+    first = prescription(103, facility="LZH")
+    r_item = queue.submit(first, result(first, severity="critical"))
+    queue.claim(r_item.id, "yao02")
+    queue.return_to_doctor(r_item.id, "yao02", "R06", "eGFR 24，请停用二甲双胍")
+    second = prescription(103, facility="LZH")
+    second["items"][0]["dose"] = {"value": 250, "unit": "mg"}
+    v2 = queue.resubmit(second, result(second, severity="warning"), doctor_id="D003")
+    return {"critical": c_item.id, "warning": w_item.id, "resubmission": v2.id}
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box ``label``. A rerun of a fragment (the queue refresh, the
+    lease keeper) can close an open dropdown, so the pick is retried until it holds."""
+    from playwright.sync_api import Error
+
+    for _attempt in range(5):
+        page.get_by_label(label).click()
+        try:
+            page.get_by_role("option", name=option).first.click(timeout=3_000)
+            return
+        except Error:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {option!r} in {label!r}")
+
+
+def scroll_top(page) -> float:
+    """How far Streamlit's main area (or the window) is scrolled, in CSS pixels."""
+    return page.evaluate(
+        """() => Math.max(window.scrollY,
+             ...['[data-testid="stMain"]', '[data-testid="stAppViewContainer"]']
+               .map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollTop))"""
+    )
+
+
+def test_a_pharmacists_session_in_chromium(server: dict) -> None:
+    """Sign in, claim; a critical finding cannot be passed without a comment (error beside the
+    button), it is returned; the next prescription opens from the top (scroll position checked)
+    with its countdown; a warning is passed only with a chosen reason; the resubmission shows the
+    doctor's change and the patient's history; it is given back. Screenshots at 1440×900."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=20_000)
-
     SCREENSHOTS.mkdir(exist_ok=True)
     queue = server["queue"]
+    for item in server["submitted"]:  # the fixture's three: out of the way (another facility's pharmacist)
+        queue.claim(item.id, "someone_else", lease_seconds=3600)
+    ids = seed_session(queue)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800}, locale="zh-CN")
+            page = browser.new_page(viewport={"width": 1440, "height": 900}, locale="zh-CN")
             page.set_default_timeout(30_000)
             page.goto(server["url"])
-
-            # Signed out: the sign-in form, and no patient data anywhere on the page.
             expect(page.get_by_label("用户名 User name")).to_be_visible()
             assert "P-00001" not in page.content()
             page.screenshot(path=SCREENSHOTS / "01_signin.png", full_page=True)
-
             page.get_by_label("用户名 User name").fill("yao01")
             page.get_by_label("密码 Password").fill("yao01-demo")
             page.get_by_role("button", name="登录 Sign in").click()
@@ -157,40 +221,80 @@ def test_sign_in_claim_and_pass_in_chromium(server: dict) -> None:
             pending = page.get_by_test_id("stMetricValue").first
             expect(pending).to_have_text("3")
             page.screenshot(path=SCREENSHOTS / "02_workbench.png", full_page=True)
-
             # The queue refreshes by itself: a new prescription appears without reloading.
-            seed(queue, 1, start=4)
+            extra = prescription(9, facility="DSZ")
+            queue.submit(extra, result(extra, severity="info"))
             expect(pending).to_have_text("4", timeout=15_000)
 
+            # 1. The critical item: Pass without a comment is refused, the error beside the button.
             claim.click()
+            expect(page.get_by_role("heading", name="处方 RX-000101")).to_be_visible()
+            main = page.get_by_test_id("stMain")
+            choose(page, "通过原因 reason（必选 required）", "A01")
             pass_button = page.get_by_role("button", name="通过 Pass")
-            expect(pass_button).to_be_visible()
-            heading = page.get_by_role("heading", name="处方 RX-")
-            expect(heading).to_be_visible()
-            prescription_id = heading.inner_text().split("处方", 1)[1].strip().split()[0]
-            expect(page.get_by_text("二甲双胍禁用").filter(visible=True).first).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "03_claimed.png", full_page=True)
-
-            # A critical finding: the reason is chosen (no default) and a comment written.
-            page.get_by_label("通过原因 reason（必选 required）").click()
-            page.get_by_role("option", name="A01").first.click()
-            page.get_by_label("备注 comment（必填 required）").fill("已核实，临床需要")
             pass_button.click()
-            expect(page.get_by_text("已通过 passed")).to_be_visible()
-            # After a decision the next item opens by itself.
-            expect(page.get_by_role("heading", name="处方 RX-")).not_to_have_text(f"处方 {prescription_id}")
-            page.screenshot(path=SCREENSHOTS / "04_passed_next_opened.png", full_page=True)
+            refusal = main.get_by_text("拦截级问题通过须填写备注")
+            expect(refusal).to_be_visible()
+            # Beside the button: the form's own line right under it.
+            under = main.get_by_text("未提交：请补全上方标出的项目")
+            expect(under).to_be_visible()
+            button_box, under_box = pass_button.bounding_box(), under.bounding_box()
+            assert button_box and under_box and 0 <= under_box["y"] - button_box["y"] < 200, (button_box, under_box)
+            page.screenshot(path=SCREENSHOTS / "03_critical_refused.png", full_page=True)
+            assert queue.get(ids["critical"]).item.status == "claimed"
+
+            # 2. Return it; the next prescription opens from its top.
+            choose(page, "退回原因 reason（必选 required）", "R06")
+            page.get_by_label("给医生的说明 note to the doctor").fill("eGFR 24，二甲双胍禁用，请换药")
+            return_button = page.get_by_role("button", name="退回 Return")
+            return_button.scroll_into_view_if_needed()
+            assert scroll_top(page) > 100  # the decision forms are below the fold
+            return_button.click()
+            expect(page.get_by_role("heading", name="处方 RX-000102")).to_be_visible()
+            expect(main.get_by_text("已打开下一张")).to_be_visible()
+            page.wait_for_function(
+                """() => Math.max(window.scrollY, ...['[data-testid="stMain"]', '[data-testid="stAppViewContainer"]']
+                     .map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollTop)) < 5"""
+            )
+            assert scroll_top(page) < 5
+            expect(main.get_by_text("已打开下一张")).to_be_in_viewport()
+            expect(page.get_by_role("heading", name="处方 RX-000102")).to_be_in_viewport()
+            # 审方时限: the countdown ticks in its frame; the limit and lease beside it.
+            timers = [f for f in page.frames if f.locator("[role=timer]").count()]
+            assert timers, "no countdown frame"
+            expect(timers[0].locator("[role=timer]")).to_contain_text("审方时限剩余")
+            expect(main.get_by_text("审方时限 review limit 3分0秒")).to_be_visible()
+            expect(main.get_by_text("领取租约至 lease until")).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "04_next_from_top.png")
+
+            # 3. The warning: Pass needs a chosen reason (none preselected), then passes.
+            page.get_by_role("button", name="通过 Pass").click()
+            expect(main.get_by_text("请选择通过原因")).to_be_visible()
+            choose(page, "通过原因 reason（必选 required）", "A01")
+            page.get_by_role("button", name="通过 Pass").click()
+            expect(page.get_by_role("heading", name="处方 RX-000103")).to_be_visible()
+
+            # 4. The resubmission: the doctor's change and the messages; the patient's history.
+            expect(main.get_by_text("医生的修改 what the doctor changed")).to_be_visible()
+            expect(main.get_by_text("第1版 → 第2版")).to_be_visible()  # the diff table (a canvas grid) follows
+            page.screenshot(path=SCREENSHOTS / "05_resubmission_diff.png", full_page=True)
+            main.get_by_text("患者既往处方 patient's earlier prescriptions").click()
+            expect(main.get_by_text("选中一行查看该处方")).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "06_patient_history.png", full_page=True)
+
+            # 5. Give it back.
+            page.get_by_role("button", name="交回 Give back").click()
+            expect(main.get_by_text("已交回队列")).to_be_visible()
+            expect(page.get_by_role("button", name="领取下一张 Claim next")).to_be_visible()
         finally:
             browser.close()
 
-    hits = queue.search(prescription_id=prescription_id, limit=10, offset=0)
-    assert hits, f"{prescription_id} not found in the database"
-    assert hits[0].status == "approved"
-    item = queue.get(hits[0].item_id).item
-    assert item.decided_by == "yao01" and item.reason_code == "A01"
-    # The next prescription opened by itself and is claimed by the same pharmacist.
-    claimed = queue.list_items(status="claimed")
-    assert [i.claimed_by for i in claimed] == ["yao01"]
+    critical = queue.get(ids["critical"])
+    assert critical.item.status == "returned" and critical.item.reason_code == "R06"
+    warning = queue.get(ids["warning"]).item
+    assert warning.status == "approved" and warning.decided_by == "yao01" and warning.reason_code == "A01"
+    resubmission = queue.get(ids["resubmission"])
+    assert resubmission.item.status == "pending" and resubmission.trail[-1].action == "give_back"
     log = server["log"].read_text(encoding="utf-8")
     assert "患者姓名不应出现" not in log  # patient names never logged
     assert "Traceback" not in log, log[-3000:]
@@ -213,7 +317,7 @@ def test_every_page_renders_in_chromium(server: dict) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800}, locale="zh-CN")
+            page = browser.new_page(viewport={"width": 1440, "height": 900}, locale="zh-CN")
             page.set_default_timeout(30_000)
             page.goto(server["url"])
             page.get_by_label("用户名 User name").fill("admin")
