@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, catalog, ui
+from review_ui import backend, catalog, ui, wording
 from rx_audit import AuditResult, RxAuditError
 
 backend.require_user()
@@ -22,6 +22,7 @@ auditor = backend.auditor(settings)
 rulebook = auditor.rulebook  # read once: a hot swap during this run cannot mix two versions
 all_drugs = catalog.drugs(rulebook)
 all_rules = catalog.rules(rulebook)
+names = catalog.drug_names(rulebook)
 monographs = sum(1 for drug in all_drugs if drug.monograph)
 
 st.title(f"{ui.ICONS['rulebook']} 规则库 Rulebook")
@@ -62,7 +63,7 @@ SAMPLE: dict[str, Any] = {
 }
 
 
-def show_result(result: AuditResult) -> None:
+def show_result(result: AuditResult, sample: dict[str, Any] | str | None = None) -> None:
     # Severity is a StrEnum; the models may hold it as its plain value (str() gives the value either way).
     severity = str(result.severity) if result.severity else None
     if result.flagged:
@@ -80,13 +81,15 @@ def show_result(result: AuditResult) -> None:
         item = f"第{ui.md(finding.item)}项 item {ui.md(finding.item)} · " if finding.item else ""
         text = (
             f"**{ui.md(ui.severity_label(level))} · {ui.md(ui.category_label(finding.category))}**  \n"
-            f"{item}{ui.md(finding.message)}  \n规则 {ui.md(finding.rule)} · 来源 {ui.md(finding.source)}"
+            f"{item}{ui.md(wording.message_text(finding.message))}  \n"
+            f"规则 {ui.md(finding.rule)} · 来源 {ui.md(finding.source)}"
         )
         if finding.reference:
             text += f"  \n依据 {ui.md(finding.reference)}"
-        if finding.evidence:
-            text += "  \n证据 evidence: " + ", ".join(f"{ui.md(k)}={ui.md(v)}" for k, v in finding.evidence.items())
-        box(text)
+        evidence = wording.evidence_text(finding.evidence, names, sample if isinstance(sample, dict) else {})
+        if evidence:
+            text += f"  \n依据数据 evidence：{ui.md(evidence)}"
+        box(text, icon=ui.SEVERITY_ICONS.get(level, ui.SEVERITY_ICONS["info"]))
     with st.expander("结果JSON result JSON"):
         st.json(result.to_contract())
 
@@ -97,7 +100,7 @@ def trial_audit(record: dict[str, Any] | str) -> None:
     except RxAuditError as error:
         st.error(f"无法审核 cannot audit: {ui.md(error)}")
         return
-    show_result(result)
+    show_result(result, record)
 
 
 tab_rules, tab_drugs, tab_trial = st.tabs(["规则 Rules", "药品 Drugs", "试审 Trial audit"])

@@ -65,8 +65,9 @@ def test_countdown_and_lease_are_shown_for_the_open_item(app, queue) -> None:
 
 def test_facility_review_time_limit_comes_from_the_config(app, queue, tmp_path, monkeypatch) -> None:
     config = tmp_path / "rx.toml"
-    config.write_text("[review_ui]\nreview_time_limit_seconds = 240\n[review_ui.review_time_limits]\nDSZ = 600\n",
-                      encoding="utf-8")
+    config.write_text(
+        "[review_ui]\nreview_time_limit_seconds = 240\n[review_ui.review_time_limits]\nDSZ = 600\n", encoding="utf-8"
+    )
     monkeypatch.setenv("RX_AUDIT_CONFIG", str(config))
     seed(queue, 1, facility="DSZ")
     at = app("yao01").run()
