@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from rx_audit import Auditor, ReviewQueue, __version__
 from rx_audit.server import openapi, ops, problems, reload, routes_webhooks
 from rx_audit.server.auth import KeyRing, RateLimiter
+from rx_audit.server.cds_jwt import JwtVerifier
 from rx_audit.server.context import Services
 from rx_audit.server.metrics import Metrics
 from rx_audit.server.routes_audit import router as audit_router
@@ -47,6 +48,7 @@ def create_app(
         keys=keys,
         limiter=RateLimiter(settings.rate_per_minute, settings.burst),
         metrics=Metrics(depth),
+        jwt=JwtVerifier(settings.cds_issuers, settings.cds_audience),
     )
 
     @asynccontextmanager

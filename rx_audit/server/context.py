@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from rx_audit import Auditor, ReviewQueue
 from rx_audit.server.auth import ApiKey, KeyRing, RateLimiter
+from rx_audit.server.cds_jwt import JwtVerifier, looks_like_jwt
 from rx_audit.server.metrics import Metrics
 from rx_audit.server.problems import Problem
 from rx_audit.server.settings import Settings
@@ -23,6 +24,7 @@ class Services:
     keys: KeyRing
     limiter: RateLimiter
     metrics: Metrics
+    jwt: JwtVerifier
 
 
 def services(request: Request) -> Services:
@@ -31,14 +33,19 @@ def services(request: Request) -> Services:
 
 
 def caller(request: Request) -> ApiKey:
-    """The API key of ``Authorization: Bearer <key>`` (401 otherwise), within its rate (429)."""
+    """The API key of ``Authorization: Bearer <key>`` (401 otherwise), within its rate (429). On
+    ``/cds-services`` the bearer may instead be the EHR's CDS Hooks JWT (:mod:`.cds_jwt`)."""
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Problem(401, "Authorization: Bearer <key> required", kind="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="rx-audit"'})  # fmt: skip
     found = services(request)
-    key = found.keys.find(presented.strip())
+    presented = presented.strip()
+    if request.url.path.startswith("/cds-services") and looks_like_jwt(presented):
+        key: ApiKey | None = found.jwt.verify(presented)  # the EHR's CDS Hooks JWT (401 problem if refused)
+    else:
+        key = found.keys.find(presented)
     if key is None:
         raise Problem(401, "unknown API key", kind="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="rx-audit", error="invalid_token"'})  # fmt: skip

@@ -263,8 +263,8 @@ def complete(schema: dict[str, Any], models: tuple[type[BaseModel], ...] = MODEL
                                             else "validation")  # fmt: skip
         defined.update(generated.pop("$defs", {}))
         defined[model.__name__] = generated
-    components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
-                                                "description": "Authorization: Bearer <API key>"}}  # fmt: skip
+    bearer = "Authorization: Bearer <API key>; on /cds-services also the EHR's CDS Hooks JWT"
+    components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer", "description": bearer}}
     problem = {PROBLEM: {"schema": {"$ref": REF.format(model="ProblemDetails")}}}
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():

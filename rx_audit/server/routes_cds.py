@@ -13,8 +13,9 @@ feedback on a card not (or no longer) known is answered ``unknown-card`` and not
 ``overridden`` with a reason, when the prescription is ``returned``, is recorded as 双签
 (``ReviewQueue.double_sign``; doctor = the hook's ``userId``); otherwise (the queue has no API to add
 a trail entry) it is logged as one JSON line on the ``rx_audit.server`` logger and kept in the
-in-process feedback log, as ``accepted`` feedback is. Authentication is the service's API keys
-(``Authorization: Bearer``); verifying an EHR's JWT against its JWKS is not done yet.
+in-process feedback log, as ``accepted`` feedback is. Authentication: the service's API keys
+(``Authorization: Bearer``), or the EHR's CDS Hooks JWT verified against its JWKS where issuers are
+configured (:mod:`rx_audit.server.cds_jwt`).
 """
 
 from __future__ import annotations

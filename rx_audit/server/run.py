@@ -11,6 +11,7 @@ closes the queue. On SIGHUP every worker reloads the rulebook (:mod:`rx_audit.se
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -69,6 +70,12 @@ def environment(settings: Settings) -> dict[str, str]:
     }
     if settings.rate_burst is not None:
         values["rate_burst"] = str(settings.rate_burst)
+    if settings.cds_audience:
+        values["cds_audience"] = ",".join(settings.cds_audience)
+    if settings.cds_issuers:
+        values["cds_issuers"] = json.dumps([issuer.as_dict() for issuer in settings.cds_issuers])
+    if settings.webhook_allow:
+        values["webhook_allow"] = ",".join(settings.webhook_allow)
     return {ENV_VARS[name]: value for name, value in values.items()}
 
 

@@ -69,3 +69,33 @@ def test_rate_limiter_refills_at_its_rate():
     assert limiter.take("b") == 0
     now[0] = 10.0
     assert limiter.take("a") == 0 and limiter.take("a") > 0
+
+
+def test_cds_issuers_and_lists_come_from_toml_tables_or_the_environment_and_survive_the_workers_handoff(
+    tmp_path: Path, monkeypatch
+):
+    """``[[cds_issuers]]`` in the TOML file, or JSON in RX_AUDIT_CDS_ISSUERS; lists comma-separated in the
+    environment; what ``serve`` hands its workers reads back the same; a bad entry is one line."""
+    from rx_audit.server.run import environment
+
+    for name in ("RX_AUDIT_CDS_ISSUERS", "RX_AUDIT_CDS_AUDIENCE", "RX_AUDIT_WEBHOOK_ALLOW"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "server.toml"
+    config.write_text('cds_audience = ["https://rx/cds-services/rx-audit-order-sign"]\n'
+                      'webhook_allow = ["his.lzh.local", "*.county.cn"]\n'
+                      '[[cds_issuers]]\niss = "https://ehr"\njwks_url = "https://ehr/jwks"\nfacilities = ["LZH"]\n',
+                      encoding="utf-8")  # fmt: skip
+    settings = Settings.load(config)
+    assert settings.cds_audience == ("https://rx/cds-services/rx-audit-order-sign",)
+    assert settings.webhook_allow == ("his.lzh.local", "*.county.cn")
+    assert [(i.iss, i.jwks_url, i.facilities) for i in settings.cds_issuers] == [("https://ehr", "https://ehr/jwks",
+                                                                                  {"LZH"})]  # fmt: skip
+    for name, value in environment(settings).items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load() == settings
+    monkeypatch.setenv("RX_AUDIT_CDS_ISSUERS", '[{"iss": "https://ehr", "jwks_url": "ftp://x", "facilities": ["A"]}]')
+    with pytest.raises(SettingsError, match="jwks_url"):
+        Settings.load()
+    monkeypatch.setenv("RX_AUDIT_CDS_ISSUERS", "not json")
+    with pytest.raises(SettingsError, match="not JSON"):
+        Settings.load()
