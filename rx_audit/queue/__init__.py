@@ -58,7 +58,14 @@ from rx_audit.queue.schemas import (
     VerifyResult,
     VersionInfo,
 )
-from rx_audit.queue.statistics import DecisionTime, GroupStatistics, QueueStatistics, Rate, RuleOverride
+from rx_audit.queue.statistics import (
+    DecisionTime,
+    GroupStatistics,
+    PharmacistStatistics,
+    QueueStatistics,
+    Rate,
+    RuleOverride,
+)
 from rx_audit.queue.tables import (
     APPEND_ONLY_TABLES,
     AuditResultRow,
@@ -94,6 +101,7 @@ __all__ = [
     "DecisionTime",
     "GroupStatistics",
     "ItemFindingRow",
+    "PharmacistStatistics",
     "PreparedRecord",
     "PrescriptionRow",
     "QueueStatistics",

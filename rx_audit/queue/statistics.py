@@ -32,7 +32,7 @@ from rx_audit.queue.common import READY_STATUSES, as_day, scope_list, utc
 from rx_audit.queue.database import db_operation
 from rx_audit.queue.filters import item_filters
 from rx_audit.queue.store import QueueStore
-from rx_audit.queue.tables import AUDITS, FINDINGS, ITEMS, PRESCRIPTIONS, REPLAY_ERRORS
+from rx_audit.queue.tables import AUDITS, DECISIONS, FINDINGS, ITEMS, PRESCRIPTIONS, REPLAY_ERRORS
 
 Dimension = Literal["day", "facility", "prescriber", "severity", "category", "rule"]
 NONE_KEY = "(none)"
@@ -101,6 +101,19 @@ class RuleOverride(BaseModel):
     override_rate: Rate
 
 
+class PharmacistStatistics(BaseModel):
+    """One pharmacist's work over the period: decisions, how long from claim to decision, and how
+    often a flagged prescription was passed anyway (overrides; of them, those with a 拦截 finding)."""
+
+    pharmacist: str
+    decisions: int = 0
+    approved: int = 0
+    returned: int = 0
+    overrides: Rate = Rate()  # approved / decisions
+    critical_passed: int = 0  # approvals of items with a critical finding
+    review_seconds: DecisionTime = DecisionTime()  # from the (last) claim to the decision
+
+
 class QueueStatistics(BaseModel):
     """What :meth:`ReviewQueue.statistics` returns: totals, rates, and the same per dimension.
 
@@ -136,6 +149,13 @@ class QueueStatistics(BaseModel):
     by_category: list[GroupStatistics] = []
     by_rule: list[GroupStatistics] = []
     rule_override: list[RuleOverride] = []
+    by_pharmacist: list[PharmacistStatistics] = []
+    # 干预成功率: of the prescriptions returned to the doctor, those the doctor changed (a new version
+    # followed); ``returns_insisted`` the doctor double-signed instead, the rest await an answer.
+    intervention_rate: Rate = Rate()
+    returns_insisted: int = 0
+    first_day: str | None = None  # the issue days with audits within the scope (any period)
+    last_day: str | None = None
     _flat: dict[str, Any] | None = PrivateAttr(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,6 +342,67 @@ def _overrides(by_rule: list[GroupStatistics]) -> list[RuleOverride]:
     ]
 
 
+def _pharmacists(session: Session, question: _Question) -> list[PharmacistStatistics]:
+    """Per pharmacist, of the items they decided (the last decision of each item)."""
+    stmt = select(
+        ITEMS.c.decided_by, ITEMS.c.status, ITEMS.c.severity, ITEMS.c.claimed_at, ITEMS.c.decided_at
+    ).where(*question.items, ITEMS.c.status.in_(DECIDED_STATUSES), ITEMS.c.decided_by.is_not(None))
+    rows: dict[str, list[Any]] = defaultdict(list)
+    for row in session.execute(stmt):
+        rows[str(row[0])].append(row)
+    out = []
+    for pharmacist, decided in rows.items():
+        approved = sum(1 for r in decided if r[1] == "approved")
+        out.append(
+            PharmacistStatistics(
+                pharmacist=pharmacist,
+                decisions=len(decided),
+                approved=approved,
+                returned=len(decided) - approved,
+                overrides=Rate(numerator=approved, denominator=len(decided)),
+                critical_passed=sum(1 for r in decided if r[1] == "approved" and r[2] == "critical"),
+                review_seconds=DecisionTime.of(
+                    [(utc(r[4]) - utc(r[3])).total_seconds() for r in decided if r[3] is not None and r[4] is not None]
+                ),
+            )
+        )
+    return sorted(out, key=lambda p: (-p.decisions, p.pharmacist))
+
+
+def _interventions(session: Session, question: _Question) -> tuple[Rate, int]:
+    """干预成功率: returned items whose prescription got a newer version / all returned items; and the
+    returns the doctor double-signed instead."""
+    returned = (
+        select(ITEMS.c.id, ITEMS.c.prescription_id, ITEMS.c.version, ITEMS.c.double_sign_reason)
+        .where(*question.items, ITEMS.c.id.in_(select(DECISIONS.c.item_id).where(DECISIONS.c.action == "return")))
+        .subquery()
+    )
+    newer = (
+        select(PRESCRIPTIONS.c.id)
+        .where(
+            PRESCRIPTIONS.c.prescription_id == returned.c.prescription_id,
+            PRESCRIPTIONS.c.version > returned.c.version,
+        )
+        .exists()
+    )
+    total, changed, insisted = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((newer, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((returned.c.double_sign_reason.is_not(None), 1), else_=0)), 0),
+        ).select_from(returned)
+    ).one()
+    return Rate(numerator=int(changed), denominator=int(total)), int(insisted)
+
+
+def _data_days(session: Session, scope: Sequence[str] | None) -> tuple[str | None, str | None]:
+    conditions = [PRESCRIPTIONS.c.facility_id.in_(scope_list(scope))] if scope is not None else []
+    first, last = session.execute(
+        select(func.min(PRESCRIPTIONS.c.day), func.max(PRESCRIPTIONS.c.day)).where(*conditions)
+    ).one()
+    return first, last
+
+
 def queue_statistics(
     session: Session, day_from: str | None, day_to: str | None, scope: Sequence[str] | None
 ) -> QueueStatistics:
@@ -336,6 +417,8 @@ def queue_statistics(
     decided = approved + returned
     overall = _decision_times(session, _Axis(None, ITEMS.c.status), question)
     by_rule = _groups(session, "rule", question)
+    interventions, insisted = _interventions(session, question)
+    first_day, last_day = _data_days(session, scope)
     return QueueStatistics(
         date_from=day_from,
         date_to=day_to,
@@ -362,6 +445,11 @@ def queue_statistics(
         by_category=_groups(session, "category", question),
         by_rule=by_rule,
         rule_override=_overrides(by_rule),
+        by_pharmacist=_pharmacists(session, question),
+        intervention_rate=interventions,
+        returns_insisted=insisted,
+        first_day=first_day,
+        last_day=last_day,
     )
 
 

@@ -109,3 +109,32 @@ def test_prescription_reads_any_stored_version_flagged_or_not(queue: ReviewQueue
         queue.prescription("RX2", scope=["OTHER"])
     with pytest.raises(NotFoundError):
         queue.prescription("NOPE")
+
+
+def test_statistics_per_pharmacist_interventions_and_data_days(queue: ReviewQueue) -> None:
+    """Per pharmacist: decisions, overrides (passes) with the critical ones, time from claim to
+    decision; 干预成功率 = returns the doctor answered with a new version / all returns; the issue
+    days that hold data (the statistics page opens on them)."""
+    items = [queue.submit(rx(n), result(n, "critical" if n % 2 else "warning")) for n in range(1, 5)]
+    start = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+    for item, who in zip(items, ["ph01", "ph01", "ph01", "ph02"], strict=True):
+        assert item is not None
+        queue.claim(item.id, who, now=start)
+    assert items[0] and items[1] and items[2] and items[3]
+    queue.approve(items[0].id, "ph01", "A01", "已核实", now=start + timedelta(seconds=60))  # critical passed
+    queue.return_to_doctor(items[1].id, "ph01", "R06", now=start + timedelta(seconds=120))
+    queue.return_to_doctor(items[2].id, "ph01", "R06", now=start + timedelta(seconds=180))
+    queue.return_to_doctor(items[3].id, "ph02", "R06", now=start + timedelta(seconds=30))
+    changed = rx(2)
+    changed["items"][0]["dose"] = {"value": 250, "unit": "mg"}
+    queue.resubmit(changed, result(2, severity=None), doctor_id="D2")  # the doctor accepted
+    queue.double_sign("RX3", "D3", "病情需要")  # the doctor insisted
+    stats = queue.statistics()
+    by = {p.pharmacist: p for p in stats.by_pharmacist}
+    assert by["ph01"].decisions == 2 and by["ph01"].approved == 1 and by["ph01"].critical_passed == 1
+    assert by["ph01"].review_seconds.median == 90.0  # 60 s and 120 s; RX3 went back in line (double-signed)
+    assert by["ph02"].returned == 1 and by["ph02"].overrides.value == 0
+    assert (stats.intervention_rate.numerator, stats.intervention_rate.denominator) == (1, 3)
+    assert stats.returns_insisted == 1
+    assert stats.first_day == stats.last_day == "2025-03-26"
+    assert queue.statistics(date_from="2030-01-01").first_day == "2025-03-26"  # whatever the period
