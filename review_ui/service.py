@@ -90,6 +90,10 @@ class ReviewService:
         # pharmacist of one facility from the shared cache.
         return _cached_statistics(self._queue, self._cache_key, self.scope, date_from, date_to)
 
+    def data_days(self) -> tuple[str | None, str | None]:
+        """First and last issue day with data in this user's scope."""
+        return self._queue.data_days(scope=self._scope_arg)
+
     def reasons(self, kind: Literal["approve", "return"]) -> list[Reason]:
         return self._queue.reasons(kind)
 

@@ -532,6 +532,13 @@ class Statistics(QueueStore):
         return stats
 
     @db_operation
+    def data_days(self, *, scope: Sequence[str] | None = None) -> tuple[str | None, str | None]:
+        """The first and last issue day (``YYYY-MM-DD``) with audits within ``scope``: where a
+        statistics view opens, so that old data never reads as zeros."""
+        with self._read() as session:
+            return _data_days(session, scope)
+
+    @db_operation
     def batch_summary(self, source: str, rulebook: str | None = None) -> dict[str, Any]:
         """What a batch (``source``) holds: totals, flagged share (the held rate), counts by
         severity/category/rule/facility/prescriber/day, and its unreadable records — the whole

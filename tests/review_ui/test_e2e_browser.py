@@ -310,7 +310,7 @@ def test_every_page_renders_in_chromium(server: dict) -> None:
     pages = [
         # (link, text of the page's last element, screenshot)
         ("检索 Search", "检索 Search", "10_search.png"),
-        ("统计 Statistics", "每日比率 daily rates", "11_statistics.png"),
+        ("统计 Statistics", "有数据的开具日期", "11_statistics.png"),
         ("规则库 Rulebook", "条规则 rules", "12_rulebook.png"),
         ("管理 Admin", "用户文件 users file", "13_admin.png"),
     ]
