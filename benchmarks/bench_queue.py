@@ -73,6 +73,66 @@ def test_replay_throughput(benchmark, batch: Path, tmp_path: Path, workers: int)
     print(f"\n[bench] replay {N:,} → SQLite, {workers} worker(s): {rate:,.0f} prescriptions/s")
 
 
+def _burn(rounds: int) -> int:
+    total = 0
+    for value in range(rounds):
+        total += value * value % 7
+    return total
+
+
+def _burn_seconds(processes: int, rounds: int = 6_000_000) -> float:
+    """Wall time of ``processes`` processes each burning the same CPU work: what this VM gives two cores."""
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("fork")
+    started = time.perf_counter()
+    with context.Pool(processes) as pool:
+        pool.map(_burn, [rounds] * processes)
+    return (time.perf_counter() - started) / processes
+
+
+def test_replay_scaling_vs_cpu_burn(benchmark, tmp_path: Path) -> None:
+    """Replay with 2 workers vs 1 beside a pure CPU burn's 2-vs-1 scaling, measured in the same run
+    (issue: ≥ 90 % of the burn's scaling). The real engine; workers fork after it is loaded."""
+    import statistics
+    import time
+
+    count = int(os.environ.get("RX_BENCH_SCALING_N", "20000"))
+    path = tmp_path / "scaling.jsonl"
+    write_batch(path, count)
+    factory = _factory()
+    runs = iter(range(1000))
+
+    def replay_rate(workers: int) -> float:
+        db = tmp_path / f"s{next(runs)}.db"
+        started = time.perf_counter()
+        result = replay(path, f"sqlite:///{db}", rules=ROOT / "rules", workers=workers, auditor_factory=factory)
+        assert result.stored == count
+        return count / (time.perf_counter() - started)
+
+    def measure() -> dict[str, float]:
+        one, two, burn1, burn2 = [], [], [], []
+        for _ in range(3):  # interleaved, so a noisy moment hits both sides
+            one.append(replay_rate(1))
+            two.append(replay_rate(2))
+            burn1.append(_burn_seconds(1))
+            burn2.append(_burn_seconds(2))
+        return {"replay_1": statistics.median(one), "replay_2": statistics.median(two),
+                "burn_scaling": statistics.median(burn1) / statistics.median(burn2)}
+
+    rates = benchmark.pedantic(measure, rounds=1, iterations=1)
+    scaling = rates["replay_2"] / rates["replay_1"]
+    benchmark.extra_info.update({
+        "prescriptions": count, "replay_1_per_s": round(rates["replay_1"]), "replay_2_per_s": round(rates["replay_2"]),
+        "replay_scaling": round(scaling, 2), "burn_scaling": round(rates["burn_scaling"], 2),
+        "share_of_burn_scaling": round(scaling / rates["burn_scaling"], 2), "auditor": factory or "engine",
+    })
+    print(f"\n[bench] replay {count:,}: 1 worker {rates['replay_1']:,.0f}/s, 2 workers {rates['replay_2']:,.0f}/s "
+          f"({scaling:.2f}x); CPU burn 2 vs 1: {rates['burn_scaling']:.2f}x "
+          f"-> {scaling / rates['burn_scaling']:.0%} of the burn's scaling")
+
+
 def test_claim_decide(benchmark, tmp_path: Path) -> None:
     from rx_audit.contract import AuditResult, Finding
     from rx_audit.queue import migrate, prepare_record

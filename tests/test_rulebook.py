@@ -185,3 +185,40 @@ def test_shipped_rulebook_loads_and_covers_the_fifty_drugs(rules_dir):
 def test_drug_names_as_his_write_them(rules_dir, written, drug):
     found = load_rulebook(rules_dir).drug_for(written)
     assert (found.id if found else None) == drug
+
+
+def _rule_table(root: Path) -> list[tuple[str, str, str, str]]:
+    loaded = load_rulebook(root)
+    return sorted((rule.id, rule.source, rule.message, repr(rule.condition)) for rule in loaded.rules.values())
+
+
+def test_parse_cache_loads_the_same_rulebook_and_sees_every_edit(book, tmp_path, monkeypatch):
+    """A warm load (each file's parse kept under the hash of its bytes) compiles exactly what a
+    cold load compiles; an edited file is parsed afresh; a damaged cache entry is only a miss."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RX_AUDIT_CACHE_DIR", "off")
+    cold = _rule_table(book)
+    monkeypatch.setenv("RX_AUDIT_CACHE_DIR", str(cache))
+    assert _rule_table(book) == cold  # filling the cache
+    entries = sorted((cache / "yaml").iterdir())
+    assert entries
+    assert _rule_table(book) == cold  # from the cache
+    for entry in entries:
+        entry.write_bytes(b"{not json")
+    assert _rule_table(book) == cold  # damaged entries: parsed again
+    drug = book / "drugs" / "testdrug.yaml"
+    drug.write_text(drug.read_text(encoding="utf-8").replace("per_dose: {max: 100}", "per_dose: {max: 200}"),
+                    encoding="utf-8")
+    edited = _rule_table(book)
+    assert edited != cold
+    monkeypatch.setenv("RX_AUDIT_CACHE_DIR", "off")
+    assert _rule_table(book) == edited
+
+
+def test_parse_cache_off_writes_nothing(book, tmp_path, monkeypatch):
+    """RX_AUDIT_CACHE_DIR=off: a read-only deployment loads without writing anywhere."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("RX_AUDIT_CACHE_DIR", "off")
+    load_rulebook(book)
+    assert not (tmp_path / "home").exists() and not (tmp_path / "xdg").exists()

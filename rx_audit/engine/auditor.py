@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,14 @@ class Auditor:
         for a problem of the rules: those become ``completeness`` findings.
         """
         return self._audit_parsed([parse_prescription(record)])[0]
+
+    def audit_many(self, records: Sequence[Any]) -> list[AuditResult]:
+        """Audit several prescriptions together (their facts in one durable_rules call per ruleset).
+
+        Raises :class:`~rx_audit.errors.PrescriptionError` for the first record that cannot be
+        read; :meth:`audit_batch` reports each unreadable record instead.
+        """
+        return self._audit_parsed([parse_prescription(record) for record in records])
 
     def _audit_parsed(self, prescriptions: list[Prescription]) -> list[AuditResult]:
         """Resolve, build facts, evaluate all of them together in durable_rules, explain each."""

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rx_audit.replay.workers import STATE, init_worker
+from rx_audit.replay.workers import PRELOADED, STATE, init_worker, preload
 
 
 class Pipeline:
@@ -19,7 +19,11 @@ class Pipeline:
         self.workers = workers
         self.pool = None
         if workers > 1:
-            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            forking = os.name == "posix"
+            context = multiprocessing.get_context("fork" if forking else "spawn")
+            if forking:
+                # Load once here; the workers fork with it (copy-on-write) instead of each loading it.
+                preload(initargs[1], initargs[2], initargs[3] if len(initargs) > 3 else None)
             initargs = (*initargs, context.Lock()) if len(initargs) == 5 else initargs
             self.pool = context.Pool(workers, initializer=init_worker, initargs=initargs)
         else:
@@ -48,6 +52,7 @@ class Pipeline:
             self.pool.close()
             self.pool.join()
         STATE.clear()
+        PRELOADED.clear()
 
 
 def progress_bar(enabled: bool, total_bytes: int, description: str) -> Any:

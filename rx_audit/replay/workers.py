@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,18 @@ def load_factory(spec: str | None, rules: str | Path) -> Callable[[], Any]:
 
 
 STATE: dict[str, Any] = {}
+# Auditors the parent loaded before the pool forked: every worker shares their pages copy-on-write
+# instead of compiling and registering the rulebook again (the parent froze them out of the
+# cyclic collector's reach, so the workers' collections do not copy them either).
+PRELOADED: dict[str, Any] = {}
+
+
+def preload(rules: str, factory_spec: str | None, compare_rules: str | None = None) -> None:
+    """Load the auditor(s) in this process, for workers forked after it."""
+    PRELOADED.clear()
+    PRELOADED["auditor"] = load_factory(factory_spec, rules)()
+    if compare_rules is not None:
+        PRELOADED["auditor_new"] = load_factory(factory_spec, compare_rules)()
 
 
 def init_worker(
@@ -47,9 +59,9 @@ def init_worker(
     STATE.clear()
     STATE["source"] = source
     STATE["write_lock"] = write_lock
-    STATE["auditor"] = load_factory(factory_spec, rules)()
+    STATE["auditor"] = PRELOADED.get("auditor") or load_factory(factory_spec, rules)()
     if compare_rules is not None:
-        STATE["auditor_new"] = load_factory(factory_spec, compare_rules)()
+        STATE["auditor_new"] = PRELOADED.get("auditor_new") or load_factory(factory_spec, compare_rules)()
     STATE["queue"] = ReviewQueue(url) if url else None
 
 
@@ -93,11 +105,21 @@ def audit_chunk(chunk: list[tuple[int, Any]]) -> ChunkResult:
     out = ChunkResult(rulebook=auditor.rulebook_hash, read=len(chunk))
     decoded = _decode_all(chunk, out)
     done = _done_lines(queue, source, out.rulebook, decoded) if queue is not None and source else set()
+    readable: list[tuple[int, Any, Any, Any]] = []
     for line, data, value in decoded:
         if line in done:
             out.skipped += 1
             continue
-        _prepare(auditor, line, data, value, out)
+        with _as_record_error(line, value, out):
+            readable.append((line, data, value, parse_prescription(value, line=line)))
+    results = audit_all(auditor, [prescription for *_, prescription in readable])
+    for (line, data, value, prescription), result in zip(readable, results, strict=True):
+        with _as_record_error(line, value, out):
+            if isinstance(result, BaseException):
+                raise result
+            record = prepare_record(value, result, parsed=prescription, raw=data if isinstance(data, str) else None)
+            record.extra["line"] = line
+            out.prepared.append(record)
     if queue is not None and source:
         _commit(queue, source, out)
     return out
@@ -130,18 +152,34 @@ def _done_lines(queue: ReviewQueue, source: str, rulebook: str, decoded: list[tu
     return queue.replayed(source, rulebook, resumable)
 
 
-def _prepare(auditor: Any, line: int, data: Any, value: Any, out: ChunkResult) -> None:
+def audit_all(auditor: Any, prescriptions: list[Any]) -> list[Any]:
+    """Results in order: the engine's batch path when it has one (an auditor plug-in may not),
+    else one at a time; a failure becomes that record's exception, never the chunk's."""
+    audit_many = getattr(auditor, "audit_many", None)
+    if audit_many is not None:
+        try:
+            return list(audit_many(prescriptions))
+        except Exception:  # each record is audited alone below, its error reported there
+            pass
+    results: list[Any] = []
+    for prescription in prescriptions:
+        try:
+            results.append(auditor.audit(prescription))
+        except Exception as error:
+            results.append(error)
+    return results
+
+
+@contextlib.contextmanager
+def _as_record_error(line: int, value: Any, out: ChunkResult) -> Iterator[None]:
+    """One record never stops a batch: what goes wrong with it becomes its error row."""
     try:
-        prescription = parse_prescription(value, line=line)
-        result = auditor.audit(prescription)
-        record = prepare_record(value, result, parsed=prescription, raw=data if isinstance(data, str) else None)
-        record.extra["line"] = line
-        out.prepared.append(record)
+        yield
     except PrescriptionError as error:
         out.errors.append(RecordError(id=error.prescription_id, line=line, field=error.field, error=error.message))
     except RxAuditError as error:
         out.errors.append(RecordError(id=_record_id(value), line=line, error=str(error)))
-    except Exception as error:  # one record never stops a batch: it becomes its error row
+    except Exception as error:
         out.errors.append(
             RecordError(id=_record_id(value), line=line, error=f"审核失败 (audit failed): {_describe(error)}")
         )

@@ -114,6 +114,13 @@ def make_auditor(rules: Any) -> FakeAuditor:
     return FakeAuditor(str(rules))
 
 
+def make_counted_auditor(rules: Any) -> FakeAuditor:
+    """The stand-in, noting the process that loaded it in $RX_AUDIT_TEST_LOADS (one line a load)."""
+    with open(os.environ["RX_AUDIT_TEST_LOADS"], "a", encoding="utf-8") as loads:
+        loads.write(f"{os.getpid()}\n")
+    return FakeAuditor(str(rules))
+
+
 class ExplodingAuditor(FakeAuditor):
     """An auditor with a bug: an unexpected exception on any prescription whose id ends in BOOM."""
 

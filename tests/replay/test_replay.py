@@ -54,6 +54,22 @@ def test_workers_and_json_array(db_url: str, tmp_path: Path) -> None:
     assert run.summary["total"] == 585
 
 
+def test_workers_fork_with_the_rulebook_loaded_once_in_the_parent(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers: the rulebook is loaded once, in the replaying process, and the workers audit
+    with that copy (forked after it) instead of compiling and registering it each."""
+    import os
+
+    loads = tmp_path / "loads.txt"
+    monkeypatch.setenv("RX_AUDIT_TEST_LOADS", str(loads))
+    batch = tmp_path / "batch.jsonl"
+    counts = write_batch(batch, 400)
+    run = replay(batch, db_url, auditor_factory="replay_support:make_counted_auditor", workers=2, chunk_size=50)
+    assert run.stored == counts["good"] == 400
+    assert loads.read_text(encoding="utf-8").split() == [str(os.getpid())]
+
+
 def test_payload_stored_as_received(tmp_path: Path) -> None:
     batch = tmp_path / "b.jsonl"
     write_batch(batch, 20)
