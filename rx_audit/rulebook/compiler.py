@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rx_audit.errors import RulebookError
-from rx_audit.rulebook.conditions import FIELD_LABELS_ZH, TWIN_FIELDS, Gate, absent, all_of, branches, cmp, eq
+from rx_audit.rulebook.conditions import FIELD_LABELS_ZH, TWIN_FIELDS, Gate, absent, all_of, cmp, eq
 from rx_audit.rulebook.limits import MAX_RULES_PER_RULESET
 from rx_audit.rulebook.model import CompiledRule
 from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, line_of
@@ -157,7 +157,7 @@ def shard(rulesets: dict[str, list[str]], rules: dict[str, CompiledRule]) -> dic
         shards: list[list[str]] = [[]]
         paths = 0
         for rule_name in rule_names:
-            cost = branches(rules[rule_name].condition)
+            cost = rules[rule_name].paths
             if shards[-1] and paths + cost > MAX_RULES_PER_RULESET:
                 shards.append([])
                 paths = 0

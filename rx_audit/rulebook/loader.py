@@ -253,7 +253,7 @@ def _check_also_by(compiler: Compiler, drug_specs: list[tuple[Path, DrugFile, Dr
 
 def _check_durable_limits(compiler: Compiler) -> None:
     for rule in compiler.rules.values():
-        if rule.missing_field is None and branches(rule.condition) > MAX_BRANCHES_PER_RULE:
+        if rule.missing_field is None and rule.paths > MAX_BRANCHES_PER_RULE:
             path, _, line = rule.source.rpartition(":")
             compiler.errors.append(RulebookError(
                 f"rule {rule.id} expands to {branches(rule.condition)} alternatives (at most {MAX_BRANCHES_PER_RULE}:"
@@ -303,7 +303,7 @@ def _pack(compiler: Compiler, prefix: str, field_name: str) -> dict[str, str]:
     paths = MAX_RULES_PER_RULESET
     for name in sorted(name for name in compiler.rulesets if name.startswith(prefix)):
         rule_names = compiler.rulesets[name]
-        cost = sum(branches(compiler.rules[rule].condition) for rule in rule_names)
+        cost = sum(compiler.rules[rule].paths for rule in rule_names)
         if cost > MAX_RULES_PER_RULESET or not all(
             _dispatched(compiler.rules[rule].condition, field_name) for rule in rule_names
         ):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import string
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from rx_audit.rulebook.conditions import branches
 from rx_audit.rulebook.names import normalise_name, resolve_name
 from rx_audit.rulebook.schema import CategoryName, Settings, SeverityName
 
@@ -34,11 +36,26 @@ class CompiledRule:
     placeholders: frozenset[str] = field(default=frozenset(), init=False)
 
     def __post_init__(self) -> None:
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(self.message) if name}
-        except ValueError:
-            names = set()
-        self.placeholders = frozenset(names)
+        self.placeholders = _placeholders(self.message)
+
+    @property
+    def paths(self) -> int:
+        """How many rule paths durable_rules makes of the condition (computed once: the loader asks
+        three times, for 76,153 rules in the generated 2,000-drug rulebook)."""
+        # Keyed by the condition object: the compiler sets a rule's condition after creating it.
+        cached = self.__dict__.get("_paths")
+        if cached is None or cached[0] is not self.condition:
+            cached = self.__dict__["_paths"] = (self.condition, branches(self.condition))
+        return int(cached[1])
+
+
+@lru_cache(maxsize=4096)
+def _placeholders(message: str) -> frozenset[str]:
+    # Generated messages repeat (the same dose wording for every regimen of every drug).
+    try:
+        return frozenset(name for _, name, _, _ in string.Formatter().parse(message) if name)
+    except ValueError:
+        return frozenset()
 
 
 @dataclass

@@ -138,7 +138,9 @@ def _cached_parse(data: bytes, parse: Any) -> Any:
         return parse()
     entry = folder / (hashlib.sha256(_CACHE_FORMAT + yaml.__version__.encode() + b"\0" + data).hexdigest() + ".json")
     with contextlib.suppress(OSError, ValueError, TypeError):
-        return _decode(orjson.loads(entry.read_bytes()))
+        cached = entry.read_bytes()
+        # Walking the value back costs as much as reading it; only a file with a date needs it.
+        return _decode(orjson.loads(cached)) if b'"\\u0000date"' in cached else orjson.loads(cached)
     value = parse()
     with contextlib.suppress(OSError, ValueError, TypeError, _Uncacheable):
         payload = orjson.dumps(_encode(value))
