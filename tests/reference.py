@@ -551,6 +551,19 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     def ingredients(drug_id: str) -> list[str]:
         return book.drugs[drug_id].get("ingredients") or [drug_id]
 
+    def atc_groups(drug_id: str) -> set[str]:
+        policy = book.settings.get("atc_duplicates")
+        if not policy:
+            return set()
+        groups = set()
+        for code in book.drugs[drug_id]["drug"].get("atc") or []:
+            code = code.strip().upper()
+            exempt = [prefix.upper() for prefix in policy.get("except_groups", [])]
+            if len(code) >= 5 and not (policy.get("except_other", True) and code[4] == "X") and not any(
+                    code.startswith(prefix) for prefix in exempt):
+                groups.add(code[:5])
+        return groups
+
     def place(item: Item) -> str:
         return "systemic" if item.systemic else (item.form_group or "")
 
@@ -575,9 +588,11 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                         class_duplicate = True
                 # Two products with an ingredient in common, acting in the same place; a class rule
                 # about the same two items says it better.
-                if not class_duplicate and place(first) == place(second) and (
-                        set(ingredients(first.drug)) & set(ingredients(second.drug))):
+                ingredient_duplicate = not class_duplicate and place(first) == place(second) and bool(
+                    set(ingredients(first.drug)) & set(ingredients(second.drug)))
+                if ingredient_duplicate:
                     expected.fired.add(("duplicate.ingredient", second.id))
+            interacting = False
             for interaction in book.interactions:
                 sx, sy = interaction["between"]
                 x, y = selector_key(sx), selector_key(sy)
@@ -585,4 +600,11 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                     y in a and x in b and selected(sy, first) and selected(sx, second)
                 ):
                     expected.fired.add((f"interaction.{interaction['id']}", second.id))
+                    interacting = True
+            # Two products of one ATC level-4 group, when no other rule spoke of the two items.
+            skip = (book.settings.get("atc_duplicates") or {}).get("skip_frequencies", ["st", "prn"])
+            if (first.drug != second.drug and not class_duplicate and not ingredient_duplicate and not interacting
+                    and place(first) == place(second) and first.freq not in skip and second.freq not in skip
+                    and atc_groups(first.drug) & atc_groups(second.drug)):
+                expected.fired.add(("duplicate.atc", second.id))
     return expected

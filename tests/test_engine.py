@@ -230,3 +230,31 @@ def test_a_batch_answers_exactly_what_single_audits_answer(auditor):
     assert len(batch) == len(records) > 100
     for record, result in zip(records, batch, strict=True):
         assert _without_timing(result) == _without_timing(auditor.audit(record)), record["id"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "flagged"),
+    [
+        # two loop diuretics, two mucolytics, two xanthine-oxidase inhibitors: no other rule names them
+        (item("呋塞米", 20), item("托拉塞米", 10), True),
+        (item("氨溴索", 30, frequency="tid"), item("乙酰半胱氨酸", 200, frequency="tid"), True),
+        (item("别嘌醇", 100), item("非布司他", 40), True),
+        # dual antiplatelet therapy is standard care (B01AC exempt)
+        (item("阿司匹林肠溶片", 100), item("氯吡格雷", 75), False),
+        # a nitrate as needed beside a regular one
+        (item("单硝酸异山梨酯缓释片", 60), item("硝酸甘油", 0.5, frequency="prn"), False),
+        # "other antiepileptics" (N03AX) are combined on purpose
+        (item("拉莫三嗪", 50, frequency="bid"), item("左乙拉西坦", 500, frequency="bid"), False),
+        # the first-line TB regimen (J04A exempt)
+        (item("吡嗪酰胺", 1500), item("乙胺丁醇", 750), False),
+    ],
+)
+def test_two_products_of_one_atc_group_are_a_duplicate_unless_the_group_is_exempt(auditor, first, second, flagged):
+    """duplicate.atc reaches every dictionary drug by its ATC level-4 group; groups combined in
+    standard care, as-needed orders and 'other …' groups are left alone (rules/rulebook.yaml)."""
+    result = auditor.audit(rx({**first, "id": "1"}, {**second, "id": "2"}, diagnoses=["I10", "F41.1", "G40.9", "A15.0",
+                                                                                        "E11.900", "I25.1", "J20.9", "M10.0"]))
+    found = [f for f in result.findings if f.rule == "duplicate.atc"]
+    assert bool(found) is flagged, [f.rule for f in result.findings]
+    if flagged:
+        assert found[0].item == "2" and found[0].evidence["items"] == ["1", "2"] and "ATC" in found[0].message

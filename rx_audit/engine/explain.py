@@ -108,12 +108,21 @@ def _allergies_matched(rule: CompiledRule, fact: dict[str, Any], facts: Facts) -
 
 
 def _without_generic_duplicates(findings: list[Finding]) -> list[Finding]:
-    """A class duplicate rule (two paracetamol products: liver risk) says more than the generic
-    shared-ingredient rule about the same two items: the generic one is dropped for that pair."""
-    specific = {frozenset(f.evidence.get("items", ())) for f in findings
-                if f.category == "duplicate" and f.rule != "duplicate.ingredient"}
+    """Only the most specific finding about two items is kept: a class duplicate rule (two
+    paracetamol products: liver risk) says more than the generic shared-ingredient rule, and any
+    rule about the pair — a duplicate or an interaction (庆大霉素+阿米卡星: additive ototoxicity) —
+    says more than the ATC-group rule."""
+    def pair(finding: Finding) -> frozenset[str]:
+        return frozenset(finding.evidence.get("items", ()))
+
+    specific = {pair(f) for f in findings if f.category == "duplicate" and f.rule not in _GENERIC}
+    said = {pair(f) for f in findings if f.category in ("duplicate", "interaction") and f.rule != "duplicate.atc"}
     return [f for f in findings
-            if f.rule != "duplicate.ingredient" or frozenset(f.evidence.get("items", ())) not in specific]
+            if not (f.rule == "duplicate.ingredient" and pair(f) in specific)
+            and not (f.rule == "duplicate.atc" and pair(f) in said)]
+
+
+_GENERIC = ("duplicate.atc", "duplicate.ingredient")
 
 
 def _engine_error(rulebook: Rulebook, where: str, error: str) -> Finding:

@@ -17,7 +17,7 @@ from typing import Any
 
 from rx_audit.engine.resolve import ResolvedItem, ResolvedPrescription
 from rx_audit.rulebook import Drug, Rulebook
-from rx_audit.rulebook.compile_classes import CLASS_RULESET, INGREDIENT_KEY
+from rx_audit.rulebook.compile_classes import ATC_KEY, CLASS_RULESET, INGREDIENT_KEY
 
 _FACT_NUMBERS = itertools.count(1)
 _LARGEST = 1e15
@@ -168,6 +168,7 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
                                    "b_item": fact["item"], "a_drug": drug.id, "b_drug": drug.id, "same": 1}))
         last_of[where] = fact
     out.extend(_ingredient_facts(rulebook, number, known))
+    out.extend(_atc_facts(rulebook, number, known))
     for index, (first, first_drug) in enumerate(known):
         for second, second_drug in known[index + 1 :]:
             # The same drug twice is the duplicate above; it does not interact with itself.
@@ -212,6 +213,32 @@ def _ingredient_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[st
                         "t": "pair", "n": number, "key": INGREDIENT_KEY, "a_item": first["item"],
                         "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,
                         "ing": ingredient, "b_ings": list(theirs), "same": 0,
+                    }))
+    return out
+
+
+def _atc_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any], Drug]]
+               ) -> list[tuple[str, dict[str, Any]]]:
+    """Two different products of one ATC level-4 group acting in the same place: one fact per
+    shared group, durable compares it with the other product's groups."""
+    policy = rulebook.settings.atc_duplicates
+    if policy is None:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    target = "global" if rulebook.pairs_in_global else rulebook.ruleset_for(f"pair:{ATC_KEY}")
+    regular = [(fact, drug) for fact, drug in known
+               if fact.get("freq") not in policy.skip_frequencies and drug.id in rulebook.atc_groups]
+    for index, (first, first_drug) in enumerate(regular):
+        for second, second_drug in regular[index + 1 :]:
+            if first_drug.id == second_drug.id or fact_local(first) != fact_local(second):
+                continue
+            theirs = rulebook.atc_groups[second_drug.id]
+            for group in rulebook.atc_groups[first_drug.id]:
+                if group in theirs:
+                    out.append((target, {
+                        "t": "pair", "n": number, "key": ATC_KEY, "a_item": first["item"], "b_item": second["item"],
+                        "a_drug": first_drug.id, "b_drug": second_drug.id, "atc": group, "b_atcs": list(theirs),
+                        "same": 0,
                     }))
     return out
 

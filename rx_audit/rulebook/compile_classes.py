@@ -6,7 +6,9 @@ with ``{"$m": field}``), so the number of rules does not grow with the formulary
 
 * allergy to the drug itself, to each allergy class, and cross-reactivity between classes, for
   drugs without a monograph (a monograph compiles its own, with its own sources);
-* the same active ingredient in two different products (复方氨酚烷胺 + 对乙酰氨基酚).
+* the same active ingredient in two different products (复方氨酚烷胺 + 对乙酰氨基酚);
+* two products of one ATC level-4 group (两种质子泵抑制剂, 两种二氢吡啶类钙拮抗剂), settings
+  ``atc_duplicates`` saying which groups are exempt.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler
 from rx_audit.rulebook.conditions import all_of, eq, gate_of, list_lacks
 from rx_audit.rulebook.model import CompiledRule
-from rx_audit.rulebook.schema import AllergyClassSpec, ClassRule
+from rx_audit.rulebook.schema import AllergyClassSpec, AtcDuplicates, ClassRule
 
 CLASS_RULESET = "classes"
 INGREDIENT_KEY = "ing"
+ATC_KEY = "atc"
 
 
 def _has(field_name: str, value: object) -> dict[str, object]:
@@ -73,6 +76,20 @@ def compile_class_rules(
             condition=all_of(eq("t", "pair"), eq("key", INGREDIENT_KEY), _has("b_ings", {"$m": "ing"})),
             evidence_fields=("a_drug", "b_drug", "ing"),
             reference="医疗机构处方审核规范（2018）第十五条：是否有重复给药（含复方制剂中的相同成分）", scope="pair",
+        ),
+    )
+
+
+def compile_atc_duplicates(compiler: Compiler, policy: AtcDuplicates | None, source: str) -> None:
+    if policy is None:
+        return
+    compiler.add(
+        f"pair:{ATC_KEY}",
+        CompiledRule(
+            id="duplicate.atc", category="duplicate", severity=policy.severity,
+            message="{a}与{b}同属一类药物（ATC {atc}），同类药物重复使用", source=source,
+            condition=all_of(eq("t", "pair"), eq("key", ATC_KEY), _has("b_atcs", {"$m": "atc"})),
+            evidence_fields=("a_drug", "b_drug", "atc"), reference=policy.source, scope="pair",
         ),
     )
 

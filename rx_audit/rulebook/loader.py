@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rx_audit.errors import RulebookError, RulebookErrors
-from rx_audit.rulebook.compile_classes import compile_class_rules, compile_population_rules
+from rx_audit.rulebook.compile_classes import compile_atc_duplicates, compile_class_rules, compile_population_rules
 from rx_audit.rulebook.compile_drug import compile_drug
 from rx_audit.rulebook.compile_global import compile_global_rules
 from rx_audit.rulebook.compile_pairs import compile_pairs
@@ -342,6 +342,8 @@ def load_rulebook(root: str | Path) -> Rulebook:
     compile_class_rules(compiler, sections.allergy_specs, sections.allergy_path,
                         compiler.where(sections.settings_path, sections.settings.line or 1))
     compile_population_rules(compiler, sections.class_rules, set(sections.classes))
+    compile_atc_duplicates(compiler, sections.settings.atc_duplicates,
+                           compiler.where(sections.settings_path, sections.settings.line_of("atc_duplicates")))
     for kind, entries in (("interaction", sections.interactions), ("duplicate", sections.duplicates),
                           ("custom", sections.custom), ("class", sections.class_rules)):
         for path, entry in entries:

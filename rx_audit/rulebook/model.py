@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from rx_audit.rulebook.conditions import branches
 from rx_audit.rulebook.names import normalise_name, resolve_name
-from rx_audit.rulebook.schema import CategoryName, Settings, SeverityName
+from rx_audit.rulebook.schema import AtcDuplicates, CategoryName, Settings, SeverityName
 
 
 @dataclass
@@ -47,6 +47,16 @@ class CompiledRule:
         if cached is None or cached[0] is not self.condition:
             cached = self.__dict__["_paths"] = (self.condition, branches(self.condition))
         return int(cached[1])
+
+
+def atc_group_compared(code: str, policy: AtcDuplicates) -> bool:
+    """Whether an ATC code's level-4 group takes part in the duplicate rule."""
+    code = code.strip().upper()
+    if len(code) < 5 or not code[:5].isalnum():
+        return False
+    if policy.except_other and code[4] == "X":
+        return False
+    return not any(code.startswith(prefix.strip().upper()) for prefix in policy.except_groups)
 
 
 @lru_cache(maxsize=4096)
@@ -136,6 +146,14 @@ class Rulebook:
 
     def __post_init__(self) -> None:
         self.pair_keys = {d.id: [d.id, *(f"class:{c}" for c in d.classes)] for d in self.drugs.values()}
+        # drug id -> its ATC level-4 groups the duplicate rule compares (exempt groups left out)
+        self.atc_groups: dict[str, tuple[str, ...]] = {}
+        policy = self.settings.atc_duplicates
+        if policy is not None:
+            for drug in self.drugs.values():
+                groups = tuple(dict.fromkeys(code[:5] for code in drug.atc if atc_group_compared(code, policy)))
+                if groups:
+                    self.atc_groups[drug.id] = groups
         # drug id -> the facilities whose formulary lists it (what an item's fact carries)
         self.in_formularies: dict[str, list[str]] = {}
         for formulary in self.formularies.values():

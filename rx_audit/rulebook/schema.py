@@ -398,6 +398,20 @@ class QuantityCheck(Spec):
     source: str = Field(min_length=2)
 
 
+class AtcDuplicates(Spec):
+    """Two different products of one ATC level-4 group on one prescription (同类药物重复使用), for
+    every drug of the dictionary; groups a combination is the norm in are exempted by prefix."""
+
+    severity: SeverityName = "warning"
+    except_groups: list[str] = Field(default_factory=list)  # ATC prefixes: "B05", "B01AC", …
+    # Level-4 groups whose code ends in X ("other …": N03AX holds lamotrigine and levetiracetam,
+    # given together on purpose) gather unlike drugs.
+    except_other: bool = True
+    # A once-only or as-needed order beside a regular one (硝酸甘油 prn beside 单硝酸异山梨酯 qd).
+    skip_frequencies: list[str] = Field(default_factory=lambda: ["st", "prn"])
+    source: str = Field(min_length=2)
+
+
 class DurationLimit(Spec):
     max_days: float = Field(gt=0)
     chronic_drug_max_days: float | None = Field(None, gt=0)
@@ -417,6 +431,7 @@ class Settings(Spec):
     # warning by default, so it is held; a hospital may lower it to info.
     privileges: Privileges | None = None
     quantity: QuantityCheck | None = None
+    atc_duplicates: AtcDuplicates | None = None
     unknown_drug_severity: SeverityName = "warning"
     unknown_drug_severity_by_facility: dict[str, SeverityName] = Field(default_factory=dict)
     # A dictionary drug without a monograph: its dose and indication were not checked.
