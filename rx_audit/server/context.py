@@ -3,10 +3,15 @@ and the request body read within the size limit."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from rx_audit import Auditor, ReviewQueue
 from rx_audit.server.auth import ApiKey, KeyRing, RateLimiter
@@ -14,6 +19,8 @@ from rx_audit.server.cds_jwt import JwtVerifier, looks_like_jwt
 from rx_audit.server.metrics import Metrics
 from rx_audit.server.problems import Problem
 from rx_audit.server.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,6 +32,7 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     jwt: JwtVerifier
+    audit_limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
 
 
 def services(request: Request) -> Services:
@@ -32,9 +40,12 @@ def services(request: Request) -> Services:
     return found
 
 
-def caller(request: Request) -> ApiKey:
+async def caller(request: Request) -> ApiKey:
     """The API key of ``Authorization: Bearer <key>`` (401 otherwise), within its rate (429). On
-    ``/cds-services`` the bearer may instead be the EHR's CDS Hooks JWT (:mod:`.cds_jwt`)."""
+    ``/cds-services`` the bearer may instead be the EHR's CDS Hooks JWT (:mod:`.cds_jwt`).
+
+    Async: a key is one sha256 and a dict lookup, cheaper than the thread hop FastAPI gives a sync
+    dependency on every request; only a JWT (which may fetch the issuer's JWKS) goes to a thread."""
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
@@ -43,7 +54,7 @@ def caller(request: Request) -> ApiKey:
     found = services(request)
     presented = presented.strip()
     if request.url.path.startswith("/cds-services") and looks_like_jwt(presented):
-        key: ApiKey | None = found.jwt.verify(presented)  # the EHR's CDS Hooks JWT (401 problem if refused)
+        key: ApiKey | None = await run_in_threadpool(found.jwt.verify, presented)  # 401 problem if refused
     else:
         key = found.keys.find(presented)
     if key is None:
@@ -55,6 +66,17 @@ def caller(request: Request) -> ApiKey:
         raise Problem(429, f"rate limit of key {key.id} reached; retry after {wait:.0f} s", kind="rate-limited",
                       headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip
     return key
+
+
+async def in_worker_thread(found: Services, function: Callable[..., T], *args: Any) -> T:
+    """Run an audit-and-store call in a thread, at most ``audit_threads`` at once in this worker.
+
+    The GIL makes more threads no faster at auditing, and on SQLite every extra writer only waits in
+    the busy handler's sleeps for the one write lock; requests beyond the limit wait in the event loop
+    instead, in order (measured in benchmarks/README.md, "HTTP service")."""
+    if found.audit_limiter is None:
+        found.audit_limiter = anyio.CapacityLimiter(found.settings.audit_threads)
+    return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=found.audit_limiter)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -20,12 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from rx_audit import PrescriptionError, parse_prescription
 from rx_audit.server.auth import ApiKey
-from rx_audit.server.context import Caller, Services, json_object, read_body, services
+from rx_audit.server.context import Caller, Services, in_worker_thread, json_object, read_body, services
 from rx_audit.server.problems import Problem
 
 router = APIRouter()
@@ -48,9 +47,9 @@ async def audit(request: Request, key: Caller) -> JSONResponse:
                       "or a CONTRACT §1 prescription as application/json", kind="unsupported-media-type")  # fmt: skip
     try:
         if fhir:
-            answer = await run_in_threadpool(_audit_bundle, found, document, key)
+            answer = await in_worker_thread(found, _audit_bundle, found, document, key)
         else:
-            answer = await run_in_threadpool(audit_and_queue, found, document, key)
+            answer = await in_worker_thread(found, audit_and_queue, found, document, key)
     except PrescriptionError:
         found.metrics.audits.labels("invalid").inc()
         raise

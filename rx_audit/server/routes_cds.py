@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 
 from rx_audit import PrescriptionError
 from rx_audit.server.auth import ApiKey
-from rx_audit.server.context import Caller, Services, json_object, read_body, services
+from rx_audit.server.context import Caller, Services, in_worker_thread, json_object, read_body, services
 from rx_audit.server.problems import Problem
 from rx_audit.server.routes_audit import audit_and_queue, key_facility
 from rx_audit.server.state import prescription_state
@@ -95,7 +95,7 @@ async def order_sign(request: Request, key: Caller) -> JSONResponse:
     _check_shape(body)
     store = card_store(request)
     try:
-        answer = await run_in_threadpool(_order_sign, found, store, body, key)
+        answer = await in_worker_thread(found, _order_sign, found, store, body, key)
     except PrescriptionError:
         found.metrics.audits.labels("invalid").inc()
         raise

@@ -67,6 +67,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "max_body_bytes": str(settings.max_body_bytes),
         "rate_per_minute": str(settings.rate_per_minute),
         "max_wait_seconds": str(settings.max_wait_seconds),
+        "audit_threads": str(settings.audit_threads),
     }
     if settings.rate_burst is not None:
         values["rate_burst"] = str(settings.rate_burst)

@@ -14,6 +14,7 @@ max_body_bytes              RX_AUDIT_MAX_BODY_BYTES          1,000,000
 rate_per_minute             RX_AUDIT_RATE_PER_MINUTE         600 (per key and worker)
 rate_burst                  RX_AUDIT_RATE_BURST              = rate_per_minute
 max_wait_seconds            RX_AUDIT_MAX_WAIT_SECONDS        25 (``?wait=`` is capped here)
+audit_threads               RX_AUDIT_AUDIT_THREADS           2 (audits being stored at once, per worker)
 cds_audience                RX_AUDIT_CDS_AUDIENCE            none (comma-separated)
 cds_issuers                 RX_AUDIT_CDS_ISSUERS (JSON)      none
 webhook_allow               RX_AUDIT_WEBHOOK_ALLOW           none: any http(s) host
@@ -52,6 +53,7 @@ ENV_VARS = {
     "rate_per_minute": "RX_AUDIT_RATE_PER_MINUTE",
     "rate_burst": "RX_AUDIT_RATE_BURST",
     "max_wait_seconds": "RX_AUDIT_MAX_WAIT_SECONDS",
+    "audit_threads": "RX_AUDIT_AUDIT_THREADS",
     "cds_audience": "RX_AUDIT_CDS_AUDIENCE",
     "cds_issuers": "RX_AUDIT_CDS_ISSUERS",
     "webhook_allow": "RX_AUDIT_WEBHOOK_ALLOW",
@@ -83,6 +85,7 @@ class Settings:
     rate_per_minute: float = 600.0
     rate_burst: int | None = None
     max_wait_seconds: float = 25.0  # below the graceful-shutdown time: a stop loses no long poll
+    audit_threads: int = 2
     cds_audience: tuple[str, ...] = ()
     cds_issuers: tuple[CdsIssuer, ...] = ()
     webhook_allow: tuple[str, ...] = ()
@@ -125,7 +128,7 @@ def _convert(name: str, value: Any) -> Any:
     try:
         if name in ("rules", "keys_file"):
             return Path(value)
-        if name in ("max_body_bytes", "rate_burst"):
+        if name in ("max_body_bytes", "rate_burst", "audit_threads"):
             number: Any = int(value)
         elif name in ("rate_per_minute", "max_wait_seconds"):
             number = float(value)
