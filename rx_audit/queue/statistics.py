@@ -25,7 +25,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, PrivateAttr, computed_field
-from sqlalchemy import ColumnElement, FromClause, Integer, case, cast, func, select
+from sqlalchemy import ColumnElement, FromClause, Integer, case, cast, func, select, tuple_
 from sqlmodel import Session
 
 from rx_audit.queue.common import READY_STATUSES, as_day, scope_list, utc
@@ -310,6 +310,119 @@ def _groups(
     return groups[:top] if top else groups
 
 
+# --- every dimension at once (the statistics page): one audit scan, one item fetch --------------------
+#
+# Per dimension, the queries above scan the period's audits and items once each: 4 audit scans and
+# 13 item queries for one page of figures (2.2 s for 30 days of 1,000,000 audits on PostgreSQL).
+# Here the audits are counted in one scan (GROUPING SETS on PostgreSQL) and the items and their
+# findings fetched once, then counted per dimension in Python — the same figures.
+
+_AUDIT_DIMENSIONS: tuple[Dimension, ...] = ("day", "facility", "prescriber", "severity")
+
+
+@dataclass
+class _Figures:
+    held: Rate
+    audits: dict[str, dict[str, tuple[int, int]]]  # dimension -> key -> (audits, flagged)
+    items: dict[str, dict[str, list[int]]]  # dimension -> key -> [items, approved, returned]
+    times: dict[str, dict[str, list[float]]]  # dimension -> key -> seconds to decision
+    overall_times: list[float]
+
+
+def _audit_rollup(session: Session, question: _Question) -> tuple[Rate, dict[str, dict[str, tuple[int, int]]]]:
+    columns: list[Any] = [_AXES[d].audit_key for d in _AUDIT_DIMENSIONS]
+    if session.get_bind().dialect.name != "postgresql":  # SQLite has no GROUPING SETS
+        held = _held(session, question)
+        return held, {d: _audit_counts(session, _AXES[d].audit_key, question) for d in _AUDIT_DIMENSIONS}
+    flagged_sum = func.coalesce(func.sum(cast(AUDITS.c.flagged, Integer)), 0)
+    stmt = (
+        select(*columns, *[func.grouping(c) for c in columns], func.count(), flagged_sum)
+        .select_from(_AUDITED)
+        .where(*question.audits)
+        .group_by(func.grouping_sets(*[tuple_(c) for c in columns], tuple_()))
+    )
+    out: dict[str, dict[str, tuple[int, int]]] = {d: {} for d in _AUDIT_DIMENSIONS}
+    held = Rate()
+    width = len(columns)
+    for row in session.execute(stmt):
+        values, grouped, (total, flagged) = row[:width], row[width : 2 * width], row[2 * width :]
+        open_ = [i for i, g in enumerate(grouped) if not g]
+        if not open_:
+            held = Rate(numerator=int(flagged), denominator=int(total))
+        else:
+            out[_AUDIT_DIMENSIONS[open_[0]]][_key(values[open_[0]])] = (int(total), int(flagged))
+    return held, out
+
+
+def _item_figures(session: Session, question: _Question) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """Items and decision times per key of every dimension, from one fetch of the items and one of
+    their findings (an item counts once per key, as in :func:`_keyed_items`)."""
+    items: dict[str, dict[str, list[int]]] = {d: defaultdict(lambda: [0, 0, 0]) for d in _AXES}
+    times: dict[str, dict[str, list[float]]] = {d: defaultdict(list) for d in _AXES}
+    overall: list[float] = []
+    per_item: dict[int, tuple[str, float | None]] = {}
+
+    def count(dimension: str, key: str, status: str, seconds: float | None) -> None:
+        cell = items[dimension][key]
+        cell[0] += 1
+        cell[1] += status == "approved"
+        cell[2] += status == "returned"
+        if seconds is not None:
+            times[dimension][key].append(seconds)
+
+    stmt = select(
+        ITEMS.c.id, ITEMS.c.day, ITEMS.c.facility_id, ITEMS.c.prescriber_id, ITEMS.c.severity,
+        ITEMS.c.status, ITEMS.c.submitted_at, ITEMS.c.decided_at,
+    ).where(*question.items)  # fmt: skip
+    for item_id, day, facility, prescriber, severity, status, submitted, decided in session.execute(stmt):
+        seconds = (
+            (utc(decided) - utc(submitted)).total_seconds()
+            if status in DECIDED_STATUSES and decided is not None
+            else None
+        )
+        per_item[item_id] = (status, seconds)
+        if seconds is not None:
+            overall.append(seconds)
+        for dimension, value in (("day", day), ("facility", facility), ("prescriber", prescriber),
+                                 ("severity", severity)):  # fmt: skip
+            count(dimension, _key(value), status, seconds)
+    seen: set[tuple[int, str, str]] = set()
+    finding_stmt = (
+        select(FINDINGS.c.item_id, FINDINGS.c.category, FINDINGS.c.rule).select_from(_ITEM_FINDINGS)
+        .where(*question.items)
+    )  # fmt: skip
+    for item_id, category, rule in session.execute(finding_stmt):
+        status, seconds = per_item.get(item_id, ("", None))
+        for dimension, value in (("category", category), ("rule", rule)):
+            if (item_id, dimension, value) not in seen:
+                seen.add((item_id, dimension, value))
+                count(dimension, _key(value), status, seconds)
+    return items, times, overall
+
+
+def _figures(session: Session, question: _Question) -> _Figures:
+    held, audits = _audit_rollup(session, question)
+    items, times, overall = _item_figures(session, question)
+    return _Figures(held=held, audits=audits, items=items, times=times, overall_times=overall)
+
+
+def _groups_of(figures: _Figures, dimension: Dimension, top: int | None = None) -> list[GroupStatistics]:
+    """:func:`_groups` from figures computed once."""
+    known = dimension in figures.audits
+    audits = figures.audits.get(dimension, {})
+    items = figures.items[dimension]
+    times = figures.times[dimension]
+    groups = [
+        _group(key, audits.get(key, (0, 0)) if known else None, tuple(items.get(key, (0, 0, 0))),  # type: ignore[arg-type]
+               times.get(key, []))
+        for key in audits.keys() | items.keys()
+    ]  # fmt: skip
+    if dimension == "day":
+        return sorted(groups, key=lambda g: g.key)
+    groups.sort(key=lambda g: (-(g.prescriptions or 0), -g.items, g.key))
+    return groups[:top] if top else groups
+
+
 def _period(column: Any, day_from: str | None, day_to: str | None) -> list[Any]:
     out = []
     if day_from:
@@ -411,12 +524,12 @@ def queue_statistics(
     if scope is not None:
         audits.append(PRESCRIPTIONS.c.facility_id.in_(scope_list(scope)))
     question = _Question(audits, [*_period(ITEMS.c.day, day_from, day_to), *item_filters(scope=scope)])
-    held = _held(session, question)
+    figures = _figures(session, question)
+    held = figures.held
     by_status = _status_counts(session, question)
     approved, returned = by_status.get("approved", 0), by_status.get("returned", 0)
     decided = approved + returned
-    overall = _decision_times(session, _Axis(None, ITEMS.c.status), question)
-    by_rule = _groups(session, "rule", question)
+    by_rule = _groups_of(figures, "rule")
     interventions, insisted = _interventions(session, question)
     first_day, last_day = _data_days(session, scope)
     return QueueStatistics(
@@ -436,13 +549,13 @@ def queue_statistics(
         held_rate=held,
         pass_after_review_rate=Rate(numerator=approved, denominator=decided),
         returned_rate=Rate(numerator=returned, denominator=decided),
-        time_to_decision_seconds=DecisionTime.of([t for times in overall.values() for t in times]),
+        time_to_decision_seconds=DecisionTime.of(figures.overall_times),
         by_status=by_status,
-        by_day=_groups(session, "day", question),
-        by_facility=_groups(session, "facility", question),
-        by_prescriber=_groups(session, "prescriber", question, top=200),
-        by_severity=_groups(session, "severity", question),
-        by_category=_groups(session, "category", question),
+        by_day=_groups_of(figures, "day"),
+        by_facility=_groups_of(figures, "facility"),
+        by_prescriber=_groups_of(figures, "prescriber", top=200),
+        by_severity=_groups_of(figures, "severity"),
+        by_category=_groups_of(figures, "category"),
         by_rule=by_rule,
         rule_override=_overrides(by_rule),
         by_pharmacist=_pharmacists(session, question),
