@@ -90,6 +90,12 @@ class ReviewService:
         # pharmacist of one facility from the shared cache.
         return _cached_statistics(self._queue, self._cache_key, self.scope, date_from, date_to)
 
+    def prescription_payloads(
+        self, date_from: date | None, date_to: date | None, limit: int = 200_000
+    ) -> list[tuple[str | None, str | None, dict[str, Any]]]:
+        rows = self._queue.prescription_payloads(date_from, date_to, limit=limit, scope=self._scope_arg)
+        return [row for row in rows if self.in_scope(row[0])]
+
     def data_days(self) -> tuple[str | None, str | None]:
         """First and last issue day with data in this user's scope."""
         return self._queue.data_days(scope=self._scope_arg)

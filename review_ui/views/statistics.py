@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, export, ui
+from review_ui import backend, catalog, export, indicators, ui
 
 if TYPE_CHECKING:
     from rx_audit import GroupStatistics, QueueStatistics, Rate
@@ -263,7 +263,7 @@ def overrides_frame(min_decided: int) -> pd.DataFrame:
 
 tabs = st.tabs(
     ["按日 by day", "按药师 by pharmacist", "按机构 by facility", "按医生 by prescriber", "按类别 by category",
-     "按规则 by rule", "导出 export"]
+     "按规则 by rule", "处方指标 indicators", "导出 export"]
 )  # fmt: skip
 frames: dict[str, pd.DataFrame] = {}
 
@@ -398,7 +398,64 @@ def summary_frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["指标 figure", "值 value", "分子/分母 n/d"])
 
 
+INDICATOR_PERCENT = ["抗菌药物% antibacterial", "注射剂% injection", "基本药物% essential", "通用名% generic name"]
+INDICATOR_LIMIT = 200_000  # prescriptions read for one computation (a year of a county hub is ~1,000,000)
+
+
+def indicator_frame(tallies: dict[str, indicators.Tally], by: str) -> pd.DataFrame:
+    rows = [{by: key, **t.row()} for key, t in sorted(tallies.items(), key=lambda kv: -kv[1].prescriptions)]
+    return pd.DataFrame(rows)
+
+
+def indicator_table(frame: pd.DataFrame, key: str) -> None:
+    st.dataframe(
+        frame.head(top),
+        hide_index=True,
+        width="stretch",
+        column_config={c: st.column_config.NumberColumn(format="percent") for c in INDICATOR_PERCENT},
+        key=key,
+    )
+
+
 with tabs[6]:
+    st.caption(
+        "WHO/INRUD 处方指标与《医院处方点评管理规范》处方评价：每张处方平均品种数、"
+        "抗菌药物及注射剂使用百分率（按处方）、基本药物与通用名占比（按品种）。按规则库药品词典判定；词典未收录的品种单列，不计入基药与通用名分子。"
+        " Read from every stored prescription of the period (its newest version), so computed on request."
+    )
+    period_key = f"{date_from}_{date_to}"
+    if st.button("计算处方指标 Compute indicators", key="st_indicators", icon=ui.ICONS["check"]):
+        rows = service.prescription_payloads(date_from, date_to, limit=INDICATOR_LIMIT)
+        dictionary = indicators.Dictionary(catalog.drugs(backend.auditor(settings).rulebook))
+        st.session_state["st_indicator_result"] = (period_key, len(rows), indicators.tally(rows, dictionary))
+    computed = st.session_state.get("st_indicator_result")
+    if computed is not None and computed[0] == period_key:
+        _, read, (overall, by_facility_t, by_prescriber_t) = computed
+        if read >= INDICATOR_LIMIT:
+            st.warning(f"只计算了前 {INDICATOR_LIMIT:,} 张处方，请缩短期间 (only the first {read:,} counted)")
+        summary = overall.row()
+        m = st.columns(5)
+        m[0].metric("平均品种数 drugs/rx", f"{summary['平均品种数 drugs/rx'] or 0:.2f}",
+                    help=f"药品品种 / 处方 drugs / prescriptions = {overall.drugs:,} / {overall.prescriptions:,}")
+        for column, (label, share, ratio) in zip(m[1:], [
+            ("抗菌药物 antibacterial", "抗菌药物% antibacterial", "抗菌 n/d"),
+            ("注射剂 injection", "注射剂% injection", "注射 n/d"),
+            ("基本药物 essential", "基本药物% essential", "基药 n/d"),
+            ("通用名 generic name", "通用名% generic name", "通用名 n/d"),
+        ], strict=True):  # fmt: skip
+            column.metric(label, pct(summary[share]), help=f"{ratio} = {summary[ratio]}")
+        if overall.unknown:
+            st.caption(f"词典未收录的品种 drugs not in the dictionary: {overall.unknown:,}")
+        facility_frame = indicator_frame(by_facility_t, "机构 facility")
+        prescriber_frame = indicator_frame(by_prescriber_t, "医生 prescriber")
+        frames["处方指标-机构 indicators by facility"] = facility_frame
+        frames["处方指标-医生 indicators by prescriber"] = prescriber_frame
+        st.markdown(f"**按机构 by facility**（前 {top} top {top}）")
+        indicator_table(facility_frame, "st_ind_facility")
+        st.markdown(f"**按医生 by prescriber**（前 {top} top {top}）")
+        indicator_table(prescriber_frame, "st_ind_prescriber")
+
+with tabs[7]:
     sheets = {"概览 summary": summary_frame(), **frames}
     stamp = f"{date_from or 'all'}_{date_to or 'all'}"
     st.download_button(

@@ -131,6 +131,39 @@ class Reads(QueueStore):
             )
 
     @db_operation
+    def prescription_payloads(
+        self,
+        date_from: date | datetime | str | None = None,
+        date_to: date | datetime | str | None = None,
+        *,
+        limit: int = 200_000,
+        scope: Sequence[str] | None = None,
+    ) -> list[tuple[str | None, str | None, dict[str, Any]]]:
+        """(facility id, prescriber id, payload) of every prescription issued in [date_from, date_to]
+        (its newest version only: a prescription counts once), at most ``limit``, oldest first — what
+        the prescribing indicators (WHO/INRUD, 处方点评) are computed from."""
+        rx = PRESCRIPTIONS
+        newer = sqlalchemy.alias(PRESCRIPTIONS, "newer")
+        conditions: list[Any] = [
+            ~sqlalchemy.exists().where(newer.c.prescription_id == rx.c.prescription_id, newer.c.version > rx.c.version)
+        ]
+        if scope is not None:
+            conditions.append(rx.c.facility_id.in_(scope_list(scope)))
+        if date_from:
+            conditions.append(rx.c.day >= as_day(date_from))
+        if date_to:
+            conditions.append(rx.c.day <= as_day(date_to))
+        stmt = (
+            sqlalchemy.select(rx.c.facility_id, rx.c.prescriber_id, rx.c.payload)
+            .where(*conditions)
+            .order_by(rx.c.id)
+            .limit(limit)
+        )
+        with self._read() as session:
+            rows = session.execute(stmt).all()
+        return [(facility, prescriber, json.loads(payload)) for facility, prescriber, payload in rows]
+
+    @db_operation
     def list_items(
         self,
         status: Filter = None,

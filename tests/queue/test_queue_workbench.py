@@ -138,3 +138,21 @@ def test_statistics_per_pharmacist_interventions_and_data_days(queue: ReviewQueu
     assert stats.returns_insisted == 1
     assert stats.first_day == stats.last_day == "2025-03-26"
     assert queue.statistics(date_from="2030-01-01").first_day == "2025-03-26"  # whatever the period
+
+
+def test_prescription_payloads_count_each_prescription_once_in_its_newest_version(queue: ReviewQueue) -> None:
+    item = queue.submit(rx(1), result(1, "critical"))
+    queue.submit(rx(2), result(2, severity=None))
+    queue.submit(rx(3, facility="OTHER"), result(3, severity=None))
+    assert item is not None
+    queue.claim(item.id, "ph01")
+    queue.return_to_doctor(item.id, "ph01", "R06")
+    changed = rx(1)
+    changed["items"][0]["drug"] = "格列喹酮"
+    queue.resubmit(changed, result(1, severity=None), doctor_id="D1")
+    rows = queue.prescription_payloads("2025-03-26", "2025-03-26", scope=["LZH"])
+    assert [(facility, payload["id"], payload["items"][0]["drug"]) for facility, _, payload in rows] == [
+        ("LZH", "RX2", "二甲双胍"),
+        ("LZH", "RX1", "格列喹酮"),
+    ]
+    assert queue.prescription_payloads(date_from="2025-03-27") == []

@@ -104,3 +104,32 @@ def test_excel_workbook_has_one_sheet_per_table_and_csv_opens_in_excel() -> None
     assert book.sheetnames == ["概览 summary", "按药师 by pharmacist- a very long "]
     assert book["概览 summary"]["C2"].value == "1 / 2"
     assert export.csv_bytes(sheets["概览 summary"]).startswith("\ufeff指标".encode())
+
+
+def test_prescribing_indicators_by_facility_and_prescriber(app, queue) -> None:
+    """WHO/INRUD and 处方点评 indicators from the stored prescriptions with the drug dictionary:
+    2 items each (二甲双胍, 阿托伐他汀: essential, generic names, no antibacterial, no injection);
+    one more prescription with a brand name (立普妥) and an injected antibacterial (头孢曲松)."""
+    from rx_audit import AuditResult
+
+    seed(queue, 3)
+    extra = prescription(9, facility="LZH")
+    extra["items"] = [
+        {"id": "1", "drug": "注射用头孢曲松钠", "form": "注射用无菌粉末", "route": "ivgtt"},
+        {"id": "2", "drug": "立普妥", "form": "片", "route": "po", "dose": {"value": 20, "unit": "mg"}},
+        {"id": "3", "drug": "某某未收录神药", "form": "片", "route": "po"},
+    ]
+    queue.submit(extra, AuditResult(id=extra["id"], flagged=False, rulebook="sha256:t", findings=[]))
+    at = open_statistics(app)
+    next(b for b in at.button if b.key == "st_indicators").click().run()
+    no_exception(at)
+    metrics = {m.label: (m.value, m.help) for m in at.metric}
+    assert metrics["平均品种数 drugs/rx"][0] == "2.25"  # 9 drugs / 4 prescriptions
+    assert metrics["抗菌药物 antibacterial"] == ("25.0%", "抗菌 n/d = 1 / 4")
+    assert metrics["注射剂 injection"] == ("25.0%", "注射 n/d = 1 / 4")
+    assert metrics["基本药物 essential"][1] == "基药 n/d = 8 / 9"  # the unknown drug is not essential
+    assert metrics["通用名 generic name"][1] == "通用名 n/d = 7 / 9"  # 立普妥 (brand) and the unknown one
+    facility = next(d.value for d in at.dataframe if "机构 facility" in d.value.columns)
+    lzh = facility[facility["机构 facility"] == "LZH"].iloc[0]
+    assert lzh["处方数 prescriptions"] == 2 and lzh["词典未收录品种 unknown drugs"] == 1
+    assert any("医生 prescriber" in d.value.columns for d in at.dataframe)
