@@ -153,13 +153,48 @@ class WebhookEvents(QueueStore):
                     .values(url=url, secret=secret, updated_at=moment)
                 )
 
+    def delete_webhook(self, facility: str, *, now: datetime | None = None) -> bool:
+        """Unregister ``facility``'s callback; False when none was registered. The row stays with an
+        empty URL and secret (the application role may not DELETE; the deliverer and the listing treat
+        it as absent), and so do the events (their history): pending ones fail with "no webhook
+        registered" until a URL is registered again."""
+        moment = utc(now)
+        with self._write() as session:
+            found = session.execute(
+                select(WEBHOOKS.c.facility).where(WEBHOOKS.c.facility == facility, WEBHOOKS.c.url != "")
+            ).first()
+            if found is not None:
+                session.execute(
+                    update(WEBHOOKS).where(WEBHOOKS.c.facility == facility).values(url="", secret="", updated_at=moment)
+                )
+            return found is not None
+
+    def resend_webhook_event(self, event_id: str, scope: Sequence[str], *, now: datetime | None = None) -> str | None:
+        """Send a ``failed`` (or ``delivered``) event of ``scope``'s facilities again: pending now, with
+        a fresh count of attempts. Returns the status it had (None: no such event in scope); a pending
+        event is left as it is."""
+        moment = utc(now)
+        with self._write() as session:
+            found = session.execute(
+                select(EVENTS.c.status).where(EVENTS.c.event_id == event_id, EVENTS.c.facility.in_(list(scope)))
+            ).first()
+            if found is None:
+                return None
+            if found.status != "pending":
+                session.execute(
+                    update(EVENTS)
+                    .where(EVENTS.c.event_id == event_id)
+                    .values(status="pending", attempts=0, next_attempt_at=moment, updated_at=moment)
+                )
+            return str(found.status)
+
     def webhooks(self, scope: Sequence[str]) -> list[dict[str, Any]]:
         """The registrations of ``scope``'s facilities: facility, url, times (never the secret)."""
         with self._read() as session:
             rows = (
                 session.execute(
                     select(WEBHOOKS.c.facility, WEBHOOKS.c.url, WEBHOOKS.c.created_at, WEBHOOKS.c.updated_at)
-                    .where(WEBHOOKS.c.facility.in_(list(scope)))
+                    .where(WEBHOOKS.c.facility.in_(list(scope)), WEBHOOKS.c.url != "")  # "": unregistered
                     .order_by(WEBHOOKS.c.facility)
                 )
                 .mappings()

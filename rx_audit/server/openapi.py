@@ -96,6 +96,18 @@ class WebhookRegistered(BaseModel):
     url: str
 
 
+class WebhookUnregistered(BaseModel):
+    facility: str
+    url: None
+
+
+class WebhookResent(BaseModel):
+    event_id: str
+    status: Literal["pending"]
+    attempts: int
+    was: Literal["failed", "delivered"]
+
+
 class WebhookList(BaseModel):
     webhooks: list[dict[str, Any]]
 
@@ -142,7 +154,8 @@ class FeedbackAnswer(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     ProblemDetails, Prescription, AuditAnswer, PrescriptionState, DoubleSignBody, WebhookBody, WebhookRegistered,
-    WebhookList, WebhookEvents, Reloaded, Health, Ready, Cards, Discovery, FeedbackAnswer,
+    WebhookList, WebhookEvents, WebhookUnregistered, WebhookResent, Reloaded, Health, Ready, Cards, Discovery,
+    FeedbackAnswer,
 )  # fmt: skip
 
 # Open objects: the FHIR mapping and the CDS Hooks adapter check them and answer 422 naming the field.
@@ -195,6 +208,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/cds-services/rx-audit-order-sign"): (403, 413, 422),
     ("post", "/cds-services/rx-audit-order-sign/feedback"): (413, 422),
     ("post", "/v1/admin/reload"): (403, 409),
+    ("delete", "/v1/webhooks"): (404, 422),
+    ("post", "/v1/webhooks/events/{event_id}/resend"): (404, 409, 422),
 }
 OPEN = {("get", "/healthz"): (), ("get", "/readyz"): (503,), ("get", "/metrics"): ()}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -223,6 +238,8 @@ ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/cds-services/rx-audit-order-sign"): {"$model": "Cards"},
     ("post", "/cds-services/rx-audit-order-sign/feedback"): {"$model": "FeedbackAnswer"},
     ("post", "/v1/admin/reload"): {"$model": "Reloaded"},
+    ("delete", "/v1/webhooks"): {"$model": "WebhookUnregistered"},
+    ("post", "/v1/webhooks/events/{event_id}/resend"): {"$model": "WebhookResent"},
     ("get", "/healthz"): {"$model": "Health"},
     ("get", "/readyz"): {"$model": "Ready"},
     ("get", "/metrics"): {"text/plain": {"schema": {"type": "string"}}},

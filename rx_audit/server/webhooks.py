@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,6 +38,19 @@ log = logging.getLogger("rx_audit.server")
 SIGNATURE_HEADER = "X-Rx-Audit-Signature"
 TIMESTAMP_HEADER = "X-Rx-Audit-Timestamp"
 EVENT_HEADER = "X-Rx-Audit-Event-Id"
+
+
+def allowed(url: str, allow: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``url``'s host is on the allow-list: a name (``his.lzh.local``), a wildcard for its
+    subdomains (``*.county.cn``) or an address. An empty list allows any host."""
+    if not allow:
+        return True
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    for pattern in allow:
+        pattern = pattern.lower().strip().rstrip(".")
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]) and host != pattern[2:]):
+            return True
+    return False
 
 
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -65,6 +79,7 @@ class Deliverer:
     poll_seconds: float = 1.0
     clock: Callable[[], datetime] = _utcnow
     transport: httpx.BaseTransport | None = None
+    allow: tuple[str, ...] = ()  # webhook_allow: checked again at each delivery (the list may have shrunk)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
@@ -96,11 +111,12 @@ class Deliverer:
         log.info("webhook %s attempt %d failed: %s", event["event_id"], attempts, error)
         return 0
 
-    @staticmethod
-    def _post(client: httpx.Client, event: dict[str, Any], now: datetime) -> str | None:
+    def _post(self, client: httpx.Client, event: dict[str, Any], now: datetime) -> str | None:
         """None when the receiver took it (2xx), else why not (no secret, no internals of the receiver)."""
         if not event.get("url") or not event.get("secret"):
             return "no webhook registered for the facility"
+        if not allowed(event["url"], self.allow):
+            return "the webhook's host is not in the allow-list (webhook_allow)"
         body = event["body"].encode("utf-8")
         timestamp = int(now.timestamp())
         headers = {

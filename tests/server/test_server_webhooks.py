@@ -214,3 +214,70 @@ def test_the_service_thread_delivers(monkeypatch, client, queue, auditor, receiv
     decide(queue, auditor, "WH-5")
     assert receiver.got.wait(30), "the deliverer thread delivered nothing within 30 s"
     assert receiver.received[0]["signed"] and receiver.received[0]["body"]["id"] == "WH-5"
+
+
+# --- administration: allow-list, unregister, resend ------------------------------------------------
+
+
+def test_the_allow_list_refuses_other_hosts_at_registration_and_at_delivery(quiet, make_client, queue, auditor,
+                                                                            receiver) -> None:  # fmt: skip
+    """webhook_allow = 127.0.0.1 and *.county.cn: a URL of another host is a 422 naming url; an event whose
+    registered host left the list is not POSTed (its error says why)."""
+    from rx_audit.server.webhooks import allowed
+
+    county = ("*.county.cn",)
+    assert allowed("https://his.lzh.county.cn/x", county) and not allowed("https://county.cn/x", county)
+    assert not allowed("https://evilcounty.cn/x", ("*.county.cn",)) and allowed("http://a/x", ())
+    client = make_client(webhook_allow=("127.0.0.1", "*.county.cn"))
+    refused = client.put("/v1/webhooks", json={"url": "https://attacker.example.com/x", "secret": SECRET},
+                         headers=auth(KEY_A))  # fmt: skip
+    assert refused.status_code == 422 and refused.json()["field"] == "url" and "allow-list" in refused.json()["detail"]
+    register(client, receiver.url)  # 127.0.0.1: allowed
+    decide(queue, auditor, "WH-AL")
+    deliverer = Deliverer(queue, clock=Clock(), allow=("*.county.cn",))  # the list shrank since
+    assert deliverer.run_once() == 0 and receiver.received == []
+    (pending,) = client.get("/v1/webhooks/events", headers=auth(KEY_A)).json()["events"]
+    assert "allow-list" in pending["last_error"]
+
+
+def test_unregister_stops_delivery_and_is_scoped(quiet, client, queue, auditor, receiver) -> None:
+    """DELETE /v1/webhooks: gone from the listing, events not POSTed; 404 when none; another facility's
+    registration is out of reach (422 naming facility)."""
+    register(client, receiver.url, KEY_A)
+    register(client, receiver.url, KEY_B)
+    gone = client.delete("/v1/webhooks", headers=auth(KEY_A))
+    assert gone.status_code == 200 and gone.json() == {"facility": FACILITY_A, "url": None}
+    assert client.get("/v1/webhooks", headers=auth(KEY_A)).json()["webhooks"] == []
+    assert client.delete("/v1/webhooks", headers=auth(KEY_A)).status_code == 404
+    assert client.delete("/v1/webhooks", params={"facility": FACILITY_B}, headers=auth(KEY_A)).status_code == 422
+    assert [w["facility"] for w in client.get("/v1/webhooks", headers=auth(KEY_B)).json()["webhooks"]] == [FACILITY_B]
+    decide(queue, auditor, "WH-UN")
+    assert Deliverer(queue, clock=Clock()).run_once() == 0 and receiver.received == []
+    assert client.delete("/v1/webhooks").status_code == 401
+
+
+def test_a_failed_event_is_resent_by_hand_with_the_same_event_id(quiet, client, queue, auditor) -> None:
+    """POST /v1/webhooks/events/{id}/resend: a failed event is pending again with fresh attempts and is
+    delivered with its event id; a pending one is 409, another facility's 404."""
+    receiver = Receiver([500] * 2)
+    try:
+        register(client, receiver.url)
+        decide(queue, auditor, "WH-RS")
+        clock = Clock()
+        deliverer = Deliverer(queue, clock=clock, max_attempts=2)
+        for _ in range(3):
+            deliverer.run_once()
+            clock.advance(3600)
+        (failed,) = client.get("/v1/webhooks/events", params={"status": "failed"}, headers=auth(KEY_A)).json()["events"]
+        event = failed["event_id"]
+        assert client.post(f"/v1/webhooks/events/{event}/resend", headers=auth(KEY_B)).status_code == 404
+        again = client.post(f"/v1/webhooks/events/{event}/resend", headers=auth(KEY_A))
+        assert again.status_code == 200 and again.json() == {"event_id": event, "status": "pending", "attempts": 0,
+                                                              "was": "failed"}  # fmt: skip
+        assert client.post(f"/v1/webhooks/events/{event}/resend", headers=auth(KEY_A)).status_code == 409
+        assert deliverer.run_once() == 1
+        assert [r["event_id"] for r in receiver.received] == [event] * 3 and receiver.received[-1]["signed"]
+        (done,) = client.get("/v1/webhooks/events", headers=auth(KEY_A)).json()["events"]
+        assert done["status"] == "delivered" and done["attempts"] == 1
+    finally:
+        receiver.close()
