@@ -163,9 +163,29 @@ def test_load_big_rulebook(benchmark: Any, big_dir: Any) -> None:
         drugs=len(book.drugs), rules=len(book.rules), rulesets=len(book.rulesets),
         load_s=round(seconds, 2), **{k: round(v, 2) for k, v in timings.items()},
         rss_kb_per_ruleset=round(timings["rss_durable_mb"] * 1024 / len(book.rulesets), 1),
-        target_load_s=10, meets_target=seconds < 10,
+        monographs=sum(drug.monograph for drug in book.drugs.values()),
+        target_cold_load_s=5, meets_target=seconds < 5,
     )
-    assert len(book.drugs) == BIG_DRUGS
+    # The drugs with a monograph; the snapshot also carries the dictionary's entries without one.
+    assert sum(drug.monograph for drug in book.drugs.values()) == BIG_DRUGS
+
+
+def test_load_big_rulebook_warm(benchmark: Any, big_dir: Any) -> None:
+    """The same rulebook loaded again: each file's parse now comes from the cache (yaml_lines), the
+    compile and durable's registration run as before. Runs after the cold load above."""
+    timings: dict[str, float] = {}
+
+    def load() -> None:
+        start = time.perf_counter()
+        book = load_rulebook(big_dir)
+        compiled = time.perf_counter()
+        auditor = Auditor(book)
+        timings.update(compile_s=compiled - start, register_s=time.perf_counter() - compiled)
+        auditor.close()
+
+    benchmark.pedantic(load, rounds=1, iterations=1)
+    benchmark.extra_info.update(warm_load_s=round(benchmark.stats.stats.median, 2),
+                                **{k: round(v, 2) for k, v in timings.items()}, target_warm_s=1)
 
 
 def test_audit_batch_big_rulebook(

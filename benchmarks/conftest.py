@@ -173,6 +173,15 @@ def pinned() -> str:
     return pin_cpu()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty parse cache for the session, so a "cold" load is cold on any machine (the generated
+    rulebook is the same bytes every run: ~/.cache would make a second run's cold load warm)."""
+    folder = tmp_path_factory.mktemp("parse-cache")
+    os.environ["RX_AUDIT_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return stable_snapshot(RULES, tmp_path_factory.mktemp("bench") / "rules")
