@@ -55,6 +55,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _session_cpu(session: int) -> float:
+    """CPU seconds (user + system) of every process of the service's session: supervisor and workers."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 of stat, counted after the ")"
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _all_cpus() -> None:
     """The service's processes are not pinned (the benchmark process is, and children inherit it)."""
     if hasattr(os, "sched_setaffinity"):
@@ -67,7 +80,7 @@ def mix_for_server(small_auditor: Auditor) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def service(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     folder = tmp_path_factory.mktemp("serve")
     db = f"sqlite:///{folder / 'queue.db'}"
     migrate(db)
@@ -94,7 +107,7 @@ def service(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert process.poll() is None, (folder / "serve.log").read_text(encoding="utf-8")
         time.sleep(0.5)
     try:
-        yield base
+        yield base, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -105,7 +118,7 @@ def service(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         log.close()
 
 
-async def _drive(base: str, records: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+async def _drive(base: str, records: list[dict[str, Any]], concurrency: int, session: int = 0) -> dict[str, Any]:
     """``concurrency`` clients, each sending the next record as soon as its previous answer came back."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -130,9 +143,10 @@ async def _drive(base: str, records: list[dict[str, Any]], concurrency: int) -> 
                 elif response.json().get("review"):
                     flagged += 1
 
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall, served = time.process_time(), time.perf_counter(), _session_cpu(session)
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        served = _session_cpu(session) - served
     return {
         "concurrency": concurrency,
         "requests": len(records),
@@ -143,6 +157,8 @@ async def _drive(base: str, records: list[dict[str, Any]], concurrency: int) -> 
         "errors": errors,
         "flagged": flagged,
         "client_cpu_share": round(cpu / wall, 2),  # of one core: the load generator's own cost
+        "service_cpu_share": round(served / wall, 2),  # of one core (2.0 = both cores)
+        "service_cpu_ms_per_audit": round(served / max(1, len(latencies)) * 1e3, 2),
     }
 
 
@@ -187,17 +203,20 @@ def test_in_process_audit_of_the_same_prescriptions(benchmark: Any, small_audito
 
 
 @pytest.mark.parametrize("concurrency", LEVELS)
-def test_http_audit_at_concurrency(benchmark: Any, service: str, mix_for_server: list[dict[str, Any]],
+def test_http_audit_at_concurrency(benchmark: Any, service: tuple[str, int], mix_for_server: list[dict[str, Any]],
                                    concurrency: int) -> None:  # fmt: skip
     """POST /v1/audit at one concurrency level; ratios to the in-process numbers of the same run."""
+    base, session = service
     if "warm" not in _RESULTS:  # the first requests of each worker load caches: not measured
-        asyncio.run(_drive(service, [dict(r, id=f"{r['id']}-warm") for r in mix_for_server[:WARMUP]], 16))
+        asyncio.run(_drive(base, [dict(r, id=f"{r['id']}-warm") for r in mix_for_server[:WARMUP]], 16))
         _RESULTS["warm"] = True
     start = WARMUP + sum(REQUESTS[level] for level in LEVELS if level < concurrency)
     records = [dict(r, id=f"{r['id']}-c{concurrency}") for r in mix_for_server[start:start + REQUESTS[concurrency]]]
-    info = benchmark.pedantic(lambda: asyncio.run(_drive(service, records, concurrency)), rounds=1, iterations=1)
+    info = benchmark.pedantic(lambda: asyncio.run(_drive(base, records, concurrency, session)), rounds=1, iterations=1)
     in_process = _RESULTS.get("in_process")
     if in_process:
+        info["service_cpu_ratio_to_in_process_audit_and_store"] = round(
+            info["service_cpu_ms_per_audit"] / (1e3 / in_process["audit_and_store_per_s"]), 2)
         info["ratio_to_in_process_audit"] = round(info["audits_per_s"] / in_process["audit_per_s"], 3)
         info["ratio_to_in_process_audit_and_store"] = round(info["audits_per_s"] / in_process["audit_and_store_per_s"],
                                                             3)  # fmt: skip
