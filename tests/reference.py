@@ -551,6 +551,11 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
     def ingredients(drug_id: str) -> list[str]:
         return book.drugs[drug_id].get("ingredients") or [drug_id]
 
+    def not_duplicated() -> set[str]:
+        """Infusion vehicles (settings.vehicles) and supplies: written twice, not a duplicate."""
+        vehicles = (book.settings.get("vehicles") or {}).get("drugs", [])
+        return {*vehicles, *(drug_id for drug_id, drug in book.drugs.items() if drug.get("kind") == "supply")}
+
     def atc_groups(drug_id: str) -> set[str]:
         policy = book.settings.get("atc_duplicates")
         if not policy:
@@ -575,7 +580,7 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                 # one is a once-only dose or they act in different places (tablets and eye drops).
                 same_place = (first.systemic and second.systemic) or (
                     not first.systemic and not second.systemic and first.form_group == second.form_group)
-                if same_place and "st" not in (first.freq, second.freq):
+                if same_place and "st" not in (first.freq, second.freq) and first.drug not in not_duplicated():
                     expected.fired.add(("duplicate.same_ingredient", second.id))
                 continue
             else:
@@ -589,7 +594,7 @@ def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:
                 # Two products with an ingredient in common, acting in the same place; a class rule
                 # about the same two items says it better.
                 ingredient_duplicate = not class_duplicate and place(first) == place(second) and bool(
-                    set(ingredients(first.drug)) & set(ingredients(second.drug)))
+                    (set(ingredients(first.drug)) & set(ingredients(second.drug))) - not_duplicated())
                 if ingredient_duplicate:
                     expected.fired.add(("duplicate.ingredient", second.id))
             interacting = False

@@ -258,3 +258,22 @@ def test_two_products_of_one_atc_group_are_a_duplicate_unless_the_group_is_exemp
     assert bool(found) is flagged, [f.rule for f in result.findings]
     if flagged:
         assert found[0].item == "2" and found[0].evidence["items"] == ["1", "2"] and "ATC" in found[0].message
+
+
+def test_an_infusion_vehicle_written_once_per_group_is_not_a_duplicate(auditor):
+    """输液处方: 0.9%氯化钠 100 ml as the vehicle of two groups, 葡萄糖氯化钠 for a third, two
+    infusion sets — no duplicate; the same antibiotic in two groups still is one."""
+    def bottle(drug, ml):
+        return {"drug": drug, "form": "注射液", "dose": {"value": ml, "unit": "ml"}, "frequency": "qd",
+                "route": "ivgtt", "days": 1}
+
+    vehicles = [bottle("0.9%氯化钠注射液", 100), bottle("0.9%氯化钠注射液", 100), bottle("葡萄糖氯化钠注射液", 250),
+                {"drug": "一次性使用输液器", "dose": {"value": 1, "unit": "个"}, "frequency": "qd", "days": 1},
+                {"drug": "一次性使用输液器", "dose": {"value": 1, "unit": "个"}, "frequency": "qd", "days": 1}]
+    cefuroxime = {"drug": "注射用头孢呋辛钠", "form": "注射用粉针", "dose": {"value": 1.5, "unit": "g"},
+                  "frequency": "qd", "route": "ivgtt", "days": 1}
+    items = [{**entry, "id": str(n)} for n, entry in enumerate([*vehicles, cefuroxime], start=1)]
+    result = auditor.audit(rx(*items, diagnoses=["J18.900"]))
+    assert not [f.rule for f in result.findings if str(f.category) == "duplicate"]
+    twice = auditor.audit(rx(*items, {**cefuroxime, "id": "9"}, diagnoses=["J18.900"]))
+    assert "duplicate.same_ingredient" in {f.rule for f in twice.findings}

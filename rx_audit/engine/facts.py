@@ -159,7 +159,7 @@ def _pair_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any
     # another route of action (左氧氟沙星片 and 左氧氟沙星滴眼液) are not a duplicate.
     last_of: dict[tuple[str, str], dict[str, Any]] = {}
     for fact, drug in known:
-        if fact.get("freq") == "st":
+        if fact.get("freq") == "st" or drug.id in rulebook.not_duplicated:
             continue
         where = (drug.id, fact_local(fact))
         previous = last_of.get(where)
@@ -208,7 +208,8 @@ def _ingredient_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[st
                 continue
             theirs = ingredients(second_drug)
             for ingredient in ingredients(first_drug):
-                if ingredient in theirs:
+                # Sodium chloride in normal saline and in Ringer's: two vehicles, not a duplicate.
+                if ingredient in theirs and ingredient not in rulebook.not_duplicated:
                     out.append((target, {
                         "t": "pair", "n": number, "key": INGREDIENT_KEY, "a_item": first["item"],
                         "b_item": second["item"], "a_drug": first_drug.id, "b_drug": second_drug.id,

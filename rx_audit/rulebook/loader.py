@@ -332,6 +332,10 @@ def load_rulebook(root: str | Path) -> Rulebook:
     formularies = load_formularies(compiler, root, set(drugs))
 
     _check_also_by(compiler, drug_specs, drugs, sections)
+    vehicles = sections.settings.vehicles
+    for unknown in [name for name in (vehicles.drugs if vehicles else []) if name not in drugs]:
+        compiler.error(f"settings.vehicles: unknown drug {unknown!r}", sections.settings_path,
+                       vehicles.line_of("drugs") if vehicles else None)
     examples: list[RuleExample] = []
     for path, spec, drug in drug_specs:
         compile_drug(compiler, spec, path, drug, sections.allergy_specs, sections.allergy_path)

@@ -146,6 +146,9 @@ class Rulebook:
 
     def __post_init__(self) -> None:
         self.pair_keys = {d.id: [d.id, *(f"class:{c}" for c in d.classes)] for d in self.drugs.values()}
+        # Not duplicates when written twice: infusion vehicles (settings) and supplies (not drugs).
+        vehicles = self.settings.vehicles.drugs if self.settings.vehicles is not None else []
+        self.not_duplicated = frozenset([*vehicles, *(d.id for d in self.drugs.values() if d.kind == "supply")])
         # drug id -> its ATC level-4 groups the duplicate rule compares (exempt groups left out)
         self.atc_groups: dict[str, tuple[str, ...]] = {}
         policy = self.settings.atc_duplicates

@@ -412,6 +412,14 @@ class AtcDuplicates(Spec):
     source: str = Field(min_length=2)
 
 
+class Vehicles(Spec):
+    """Infusion vehicles (溶媒): written once per infusion group, so two of them on one order are
+    two bottles, not a duplicate."""
+
+    drugs: list[str] = Field(default_factory=list)
+    source: str = Field(min_length=2)
+
+
 class DurationLimit(Spec):
     max_days: float = Field(gt=0)
     chronic_drug_max_days: float | None = Field(None, gt=0)
@@ -432,6 +440,7 @@ class Settings(Spec):
     privileges: Privileges | None = None
     quantity: QuantityCheck | None = None
     atc_duplicates: AtcDuplicates | None = None
+    vehicles: Vehicles | None = None
     unknown_drug_severity: SeverityName = "warning"
     unknown_drug_severity_by_facility: dict[str, SeverityName] = Field(default_factory=dict)
     # A dictionary drug without a monograph: its dose and indication were not checked.
