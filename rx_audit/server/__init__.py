@@ -13,6 +13,10 @@ One module per idea:
 * :mod:`.app`       ``create_app(settings)``: the auditor loaded once, one ``ReviewQueue``
 * :mod:`.run`       running it under uvicorn (several workers share the queue database)
 * :mod:`.keys`      ``python -m rx_audit.server.keys new --facility LZH``: a new key and its hash line
+* :mod:`.openapi`   the published OpenAPI schema (bodies, answers, problems), held to by schemathesis
+* :mod:`.reload`    hot reload of the rulebook: SIGHUP or ``POST /v1/admin/reload`` (admin keys)
+* :mod:`.cds_jwt`   CDS Hooks 2.0 JWT of an EHR, verified against its issuer's JWKS (PyJWT)
+* :mod:`.webhooks`, :mod:`.routes_webhooks`  signed webhooks: the deliverer, registration and admin
 
 Nothing outside this package imports FastAPI or uvicorn (an import-linter contract).
 """
