@@ -51,7 +51,10 @@ ROUTES = {
     "ORAL": "po",
     "PO/NG": "po",
     "NG": "po",
-    "IV": "iv",
+    # MIMIC writes a push as "IV BOLUS" and a continuous infusion as "IV DRIP"; plain "IV" is the
+    # intermittent infusion (piggyback) of antibiotics and electrolytes — 静滴, not 静推: read as a
+    # push it made 298 potassium chloride orders "critical: iv push" on the demo.
+    "IV": "ivgtt",
     "IV BOLUS": "iv",
     "IV DRIP": "ivgtt",
     "IM": "im",
