@@ -236,3 +236,22 @@ def _free_big() -> Any:
     auditor = _BIG.pop("auditor", None)
     if auditor is not None:
         auditor.close()
+
+
+def test_reload_resident_memory(benchmark: Any, snapshot_dir: Any) -> None:
+    """Hot reload: the new rulebook is built beside the live one, then the old one is freed and its
+    pages given back — resident memory after each reload, against the first load, same process."""
+    gc.collect()
+    before = rss_mb()
+    auditor = Auditor(load_rulebook(snapshot_dir))
+    loaded = rss_mb() - before
+    after: list[float] = []
+
+    def reload() -> None:
+        auditor.reload()
+        after.append(rss_mb() - before)
+
+    benchmark.pedantic(reload, rounds=3, iterations=1)
+    benchmark.extra_info.update(loaded_mb=round(loaded), after_reloads_mb=[round(x) for x in after],
+                                ratio_after_last_reload=round(after[-1] / loaded, 2))
+    auditor.close()
