@@ -102,7 +102,10 @@ def _drugs_table(rulebook_hash: str, _rulebook: Rulebook) -> pd.DataFrame:
                 "规则 rules": MONOGRAPH if drug.monograph else DICTIONARY_ONLY,
                 "类型 kind": KIND_LABELS.get(drug.kind, drug.kind),
                 "类别 classes": ", ".join(drug.classes),
-                "剂型→途径 forms": "; ".join(f"{k}: {', '.join(v)}" for k, v in drug.forms.items()),
+                "剂型→途径 forms": "；".join(
+                    f"{wording.FORM_GROUPS.get(k, k)}：{'、'.join(wording.route_text(r) for r in v)}"
+                    for k, v in drug.forms.items()
+                ),
                 "长期用药 chronic": "是" if drug.chronic else "",
                 "抗菌药分级 tier": drug.antibacterial_tier or "",
                 "管制 control": ", ".join(drug.control),

@@ -348,7 +348,7 @@ def history_block(
         st.caption("首次提交，无早期版本或审核记录 (first version; no earlier decisions).")
         return
     if detail.decisions:
-        st.markdown(f"{ui.ICONS['history']} **审核与医患沟通 decisions and messages**")
+        st.markdown(f"{ui.ICONS['history']} **审核记录与药师—医生沟通 decisions and messages**")
         st.dataframe(messages_frame(detail.decisions, reasons or {}), hide_index=True, width="stretch")
     if len(detail.versions) > 1:
         st.markdown("**版本链 versions**")
@@ -510,7 +510,7 @@ def show_detail(
     findings_block(findings, prescription, names)
     has_history = len(detail.versions) > 1 or bool(detail.decisions)
     with st.expander(
-        "版本、修改与医患沟通 Versions, changes and messages" + ("" if has_history else "（无 none）"),
+        "版本、修改与药师—医生沟通 Versions, changes and messages" + ("" if has_history else "（无 none）"),
         expanded=history_expanded or len(detail.versions) > 1,
         icon=ui.ICONS["history"],
     ):

@@ -26,6 +26,11 @@ FORM_GROUPS: dict[str, str] = {
     "injection": "注射剂",
     "inhalation": "吸入制剂",
     "topical": "外用制剂",
+    "ophthalmic": "眼用制剂",
+    "otic": "耳用制剂",
+    "nasal": "鼻用制剂",
+    "rectal": "直肠用制剂",
+    "vaginal": "阴道用制剂",
 }
 REGIMENS: dict[str, str] = {
     "adult": "成人",
@@ -48,6 +53,11 @@ ROUTES: dict[str, str] = {
     "top": "外用",
     "pr": "直肠",
     "sl": "舌下",
+    "ih": "皮下",
+    "oph": "滴眼",
+    "ot": "滴耳",
+    "nas": "鼻用",
+    "vag": "阴道",
 }
 FREQUENCIES: dict[str, str] = {
     "qd": "每日1次",

@@ -84,10 +84,10 @@ if query is not None:
                     "处方 prescription": r.prescription_id,
                     "版本 v": r.version,
                     "开具 issued": ui.local_time(r.issued_at) if r.issued_at else (r.day or ""),
-                    "患者 patient": r.patient_id,
-                    "医生 prescriber": r.prescriber_id,
-                    "机构 facility": r.facility_name or r.facility_id,
-                    "科室 department": r.department,
+                    "患者 patient": r.patient_id or "",
+                    "医生 prescriber": r.prescriber_id or "",
+                    "机构 facility": r.facility_name or r.facility_id or "",
+                    "科室 department": r.department or "",
                     "等级 severity": ui.severity_label(r.severity),
                     "状态 status": ui.status_label(r.status)
                     if r.status

@@ -277,10 +277,12 @@ def test_a_pharmacists_session_in_chromium(server: dict) -> None:
             # 4. The resubmission: the doctor's change and the messages; the patient's history.
             expect(main.get_by_text("医生的修改 what the doctor changed")).to_be_visible()
             expect(main.get_by_text("第1版 → 第2版")).to_be_visible()  # the diff table (a canvas grid) follows
-            page.screenshot(path=SCREENSHOTS / "05_resubmission_diff.png", full_page=True)
+            main.get_by_text("第1版 → 第2版").scroll_into_view_if_needed()
+            page.screenshot(path=SCREENSHOTS / "05_resubmission_diff.png")
             main.get_by_text("患者既往处方 patient's earlier prescriptions").click()
             expect(main.get_by_text("选中一行查看该处方")).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "06_patient_history.png", full_page=True)
+            main.get_by_text("选中一行查看该处方").scroll_into_view_if_needed()
+            page.screenshot(path=SCREENSHOTS / "06_patient_history.png")
 
             # 5. Give it back.
             page.get_by_role("button", name="交回 Give back").click()
@@ -303,6 +305,13 @@ def test_a_pharmacists_session_in_chromium(server: dict) -> None:
 def test_every_page_renders_in_chromium(server: dict) -> None:
     """Admin tour: each page renders without an error box; a screenshot of each."""
     from playwright.sync_api import expect, sync_playwright
+
+    queue = server["queue"]
+    first, second, _ = server["submitted"]  # some decisions, so that the statistics have something to show
+    queue.claim(first.id, "yao01")
+    queue.approve(first.id, "yao01", "A01", "已核实")
+    queue.claim(second.id, "yao02")
+    queue.return_to_doctor(second.id, "yao02", "R06", "请换药")
 
     expect.set_options(timeout=20_000)
 

@@ -188,3 +188,47 @@ def test_times_are_in_the_facility_zone_everywhere(app, queue) -> None:
     button(at, "检索 Search").click().run()
     no_exception(at)
     assert list(at.dataframe[0].value["开具 issued"]) == ["2025-03-26 10:16"]
+
+
+def select_row(at, key: str, row: int) -> None:
+    """A row selected in a dataframe (AppTest takes the selection through session state)."""
+    at.session_state[key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+
+
+def test_any_row_of_the_queue_opens_claimed(app, queue) -> None:
+    seed(queue, 3)
+    at = app("yao01").run()
+    second_in_line = queue.list_items(status=["pending", "double_signed", "escalated"], limit=3)[1]
+    select_row(at, "wb_queue_table_0", 1)
+    at.run()
+    no_exception(at)
+    assert at.session_state["wb_item"] == second_in_line.id
+    item = queue.get(second_in_line.id).item
+    assert item.status == "claimed" and item.claimed_by == "yao01"
+    assert f"处方 {second_in_line.prescription_id}" in all_text(at)
+
+
+def test_a_corrected_resubmission_not_flagged_links_to_its_returned_version(app, queue) -> None:
+    """Search: the doctor's corrected version (not flagged, no review item) opens with the note that
+    version 1 was returned, the version chain and what the doctor changed."""
+    record = prescription(1)
+    item = queue.submit(record, result(record))
+    queue.claim(item.id, "yao02")
+    queue.return_to_doctor(item.id, "yao02", "R06", "请停用二甲双胍")
+    fixed = prescription(1)
+    fixed["items"][0]["drug"] = "格列喹酮"
+    clean = AuditResult(id=fixed["id"], flagged=False, rulebook="sha256:t")
+    assert queue.resubmit(fixed, clean, doctor_id="D1") is None
+    at = app("yao01").run()
+    at.switch_page("views/search.py").run()
+    at.text_input(key="s_rx").input("RX-000001")
+    button(at, "检索 Search").click().run()
+    hits = at.dataframe[0].value
+    assert list(hits["版本 v"]) == [2, 1]
+    select_row(at, "s_table", 0)
+    at.run()
+    no_exception(at)
+    text = all_text(at)
+    assert "第1版曾被药师退回" in text
+    assert "医生的修改 what the doctor changed" in text and "格列喹酮" in text
+    assert "该处方未被拦截，不在审方队列中" not in text
