@@ -252,8 +252,8 @@ def test_a_batch_answers_exactly_what_single_audits_answer(auditor):
 def test_two_products_of_one_atc_group_are_a_duplicate_unless_the_group_is_exempt(auditor, first, second, flagged):
     """duplicate.atc reaches every dictionary drug by its ATC level-4 group; groups combined in
     standard care, as-needed orders and 'other …' groups are left alone (rules/rulebook.yaml)."""
-    result = auditor.audit(rx({**first, "id": "1"}, {**second, "id": "2"}, diagnoses=["I10", "F41.1", "G40.9", "A15.0",
-                                                                                        "E11.900", "I25.1", "J20.9", "M10.0"]))
+    diagnoses = ["I10", "F41.1", "G40.9", "A15.0", "E11.900", "I25.1", "J20.9", "M10.0"]
+    result = auditor.audit(rx({**first, "id": "1"}, {**second, "id": "2"}, diagnoses=diagnoses))
     found = [f for f in result.findings if f.rule == "duplicate.atc"]
     assert bool(found) is flagged, [f.rule for f in result.findings]
     if flagged:
