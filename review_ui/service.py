@@ -97,8 +97,8 @@ class ReviewService:
         return [row for row in rows if self.in_scope(row[0])]
 
     def data_days(self) -> tuple[str | None, str | None]:
-        """First and last issue day with data in this user's scope."""
-        return self._queue.data_days(scope=self._scope_arg)
+        """First and last issue day with data in this user's scope (cached for a minute, per scope)."""
+        return _cached_data_days(self._queue, self._cache_key, self.scope)
 
     def reasons(self, kind: Literal["approve", "return"]) -> list[Reason]:
         return self._queue.reasons(kind)
@@ -150,3 +150,10 @@ def _cached_statistics(
     _queue: ReviewQueue, cache_key: str, scope: tuple[str, ...] | None, date_from: date | None, date_to: date | None
 ) -> QueueStatistics:
     return _queue.statistics(date_from=date_from, date_to=date_to, scope=list(scope) if scope is not None else None)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _cached_data_days(
+    _queue: ReviewQueue, cache_key: str, scope: tuple[str, ...] | None
+) -> tuple[str | None, str | None]:
+    return _queue.data_days(scope=list(scope) if scope is not None else None)

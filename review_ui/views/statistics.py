@@ -206,6 +206,9 @@ def bar_chart(frame: pd.DataFrame, by: str, title: str) -> None:
 
 
 RATE_COLUMNS: dict[str, Any] = {
+    "day": "日期 day",
+    "facility": "机构 facility",
+    "prescriber": "医生 prescriber",
     "audits": "审核 audits",
     "held_rate": st.column_config.NumberColumn("拦截率 held", format="percent"),
     "held_rate_of": "拦截/审核 n/d",
