@@ -1,0 +1,101 @@
+"""An independent corpus of HIS-style prescriptions, written from drug labels (说明书) and regulations
+without reading the rule files first: how the engine does on prescriptions it has never seen.
+
+tests/data/his_prescriptions.jsonl — 166 outpatient/emergency/chronic (a few inpatient) prescriptions of
+a county hospital and township clinics, names as HIS write them (salt + form + 规格 + brand in brackets,
+full-width brackets and ×, Chinese frequencies, 中成药).
+tests/data/his_prescriptions_expected.json — id -> {flagged, category, drug_item, why}: about half are
+correct, the rest have ONE clear problem. For an interaction, drug_item names one drug of the pair;
+either may carry the finding, so only the category is compared.
+
+A MISS: expected flagged, but the result is not flagged or has no warning/critical finding of the
+expected category. A FALSE ALARM: expected correct, but flagged. The limits below are the measured
+numbers (2026 corpus run): a floor that may only go down. Known remaining cases, for the lead:
+
+misses
+  HIS-0086 甲氨蝶呤 10mg qd (should be qw) — no methotrexate monograph, so no dose/frequency rule.
+  HIS-0096 苄星青霉素 静滴 — dictionary forms say injection: [im], but route rules are compiled only
+           for monographs (rx_audit/rulebook/loader.py: compile_drug for drug_specs only).
+  HIS-0097 莫匹罗星软膏 口服 — same: dictionary forms {topical: [top]} not enforced without a monograph.
+  HIS-0098 精蛋白生物合成人胰岛素注射液(预混30R)(诺和灵30R) 静滴 — name not resolved: with two bracket
+           groups the generic part without brackets reads as NPH, disagreeing with the 30R brand
+           (rx_audit/rulebook/names.py resolve_name), although "…注射液（预混30R）" is a dictionary name.
+false alarms
+  HIS-0024 口服补液盐散(III) — unknown_drug: the (III) version marker on a combination product is
+           refused (names.py resolve_name: has_version and is_combination) even though the dictionary
+           lists 口服补液盐散（III） literally.
+  HIS-0025 幽门螺杆菌四联 14天 — duration.outpatient 7-day limit has no diagnosis-based exception
+           (第五次全国幽门螺杆菌感染处理共识报告: 14-day regimens).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+CATEGORIES = {"indication", "dose", "route", "duplicate", "interaction", "contraindication", "duration",
+              "completeness", "legality", "formulary"}
+
+MAX_MISSES = 4
+MAX_FALSE_ALARMS = 2
+
+
+def _corpus() -> tuple[list[dict], dict[str, dict]]:
+    records = [json.loads(line) for line in (DATA / "his_prescriptions.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    expected = json.loads((DATA / "his_prescriptions_expected.json").read_text(encoding="utf-8"))
+    return records, expected
+
+
+@pytest.fixture(scope="module")
+def outcome(auditor):
+    records, expected = _corpus()
+    misses, false_alarms = [], []
+    for record in records:
+        result = auditor.audit(record)
+        want = expected[record["id"]]
+        raised = [f for f in result.findings if str(f.severity) in ("warning", "critical")]
+        said = "; ".join(f"{f.severity}/{f.category}/{f.rule}@{f.item}" for f in raised) or "nothing"
+        if want["flagged"]:
+            if not (result.flagged and any(str(f.category) == want["category"] for f in raised)):
+                misses.append(f"{record['id']} expected {want['category']} (item {want['drug_item']}: "
+                              f"{want['why']}); engine said: {said}")
+        elif result.flagged:
+            false_alarms.append(f"{record['id']} expected correct ({want['why']}); engine said: {said}")
+    return misses, false_alarms
+
+
+def test_corpus_shape():
+    """The corpus is large, half correct, every faulty case names a CONTRACT category and an existing item."""
+    records, expected = _corpus()
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) >= 150
+    assert set(expected) == set(ids)
+    correct = [rid for rid, want in expected.items() if not want["flagged"]]
+    assert len(correct) >= 70 and len(ids) - len(correct) >= 70
+    by_id = {r["id"]: r for r in records}
+    for rid, want in expected.items():
+        if want["flagged"]:
+            assert want["category"] in CATEGORIES, rid
+            assert want["drug_item"] in {item["id"] for item in by_id[rid]["items"]}, rid
+            assert want["why"], rid
+        else:
+            assert want["category"] is None and want["drug_item"] is None, rid
+
+
+def test_misses_at_most_measured(outcome):
+    """Faulty prescriptions the engine misses (not flagged, or not for the expected category): at most
+    the measured number — lower MAX_MISSES when a fix lands."""
+    misses, _ = outcome
+    assert len(misses) <= MAX_MISSES, f"{len(misses)} misses (limit {MAX_MISSES}):\n" + "\n".join(misses)
+
+
+def test_false_alarms_at_most_measured(outcome):
+    """Correct prescriptions the engine flags for review: at most the measured number — lower
+    MAX_FALSE_ALARMS when a fix lands."""
+    _, false_alarms = outcome
+    assert len(false_alarms) <= MAX_FALSE_ALARMS, (
+        f"{len(false_alarms)} false alarms (limit {MAX_FALSE_ALARMS}):\n" + "\n".join(false_alarms))
