@@ -183,22 +183,27 @@ def queue_table(items: list[ReviewItem], selectable: bool) -> None:
         selection_mode="single-row",
         key=f"wb_queue_table_{generation}",
     )
+    # The row the pharmacist clicked is a row of the table as it was on screen: the list may have
+    # changed since (it refreshes itself), so the ids shown last time are what the index points at.
+    shown = st.session_state.get("wb_table_ids") or [i.id for i in items]
+    st.session_state["wb_table_ids"] = [i.id for i in items]
+    rows = event.selection.rows if event is not None else []
+    if rows and rows[0] < len(shown):
+        open_row(shown[rows[0]])
     table_error = st.session_state.get(TABLE_ERROR)
     if table_error:  # beside the table that caused it
         st.error(table_error, icon=ui.ICONS["error"])
-    rows = event.selection.rows if event is not None else []
-    if rows:
-        open_row(items[rows[0]].id)
 
 
 def open_row(item_id: int) -> None:
-    """Claim the selected row's item and open it (the whole page reruns to show it)."""
+    """Claim the selected row's item and open it (the whole page reruns to show it); if it is gone
+    (taken by someone else a moment ago), say so under the table."""
     st.session_state["wb_table_gen"] = st.session_state.get("wb_table_gen", 0) + 1
     try:
         service.claim(item_id, settings.lease_seconds)
     except (StateError, NotFoundError) as error:
         st.session_state[TABLE_ERROR] = f"无法打开 cannot open: {ui.md(error)}"
-        st.rerun(scope="fragment")
+        return
     st.session_state.pop(TABLE_ERROR, None)
     log.info("claim user=%s item=%s (row)", user.id, item_id)
     st.session_state[CURRENT] = item_id

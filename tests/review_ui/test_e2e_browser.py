@@ -288,6 +288,14 @@ def test_a_pharmacists_session_in_chromium(server: dict) -> None:
             page.get_by_role("button", name="交回 Give back").click()
             expect(main.get_by_text("已交回队列")).to_be_visible()
             expect(page.get_by_role("button", name="领取下一张 Claim next")).to_be_visible()
+
+            # 6. Any row of the queue opens: the second row (the info item of facility DSZ).
+            grid = main.get_by_test_id("stDataFrame").first
+            expect(grid).to_be_visible()
+            box = grid.bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + 12, box["y"] + 35 + 35 * 1 + 17)  # the selection cell of row 2
+            expect(page.get_by_role("heading", name="处方 RX-000009")).to_be_visible()
         finally:
             browser.close()
 
@@ -297,6 +305,8 @@ def test_a_pharmacists_session_in_chromium(server: dict) -> None:
     assert warning.status == "approved" and warning.decided_by == "yao01" and warning.reason_code == "A01"
     resubmission = queue.get(ids["resubmission"])
     assert resubmission.item.status == "pending" and resubmission.trail[-1].action == "give_back"
+    opened = queue.search(prescription_id="RX-000009")[0]
+    assert opened.status == "claimed" and queue.get(opened.item_id).item.claimed_by == "yao01"
     log = server["log"].read_text(encoding="utf-8")
     assert "患者姓名不应出现" not in log  # patient names never logged
     assert "Traceback" not in log, log[-3000:]

@@ -232,3 +232,16 @@ def test_a_corrected_resubmission_not_flagged_links_to_its_returned_version(app,
     assert "第1版曾被药师退回" in text
     assert "医生的修改 what the doctor changed" in text and "格列喹酮" in text
     assert "该处方未被拦截，不在审方队列中" not in text
+
+
+def test_a_row_taken_meanwhile_says_so_under_the_table(app, queue) -> None:
+    seed(queue, 2)
+    at = app("yao01").run()
+    first = queue.list_items(status=["pending", "double_signed", "escalated"], limit=1)[0]
+    queue.claim(first.id, "yao02")  # another pharmacist, a moment before the click
+    select_row(at, "wb_queue_table_0", 0)
+    at.run()
+    no_exception(at)
+    assert "wb_item" not in at.session_state or at.session_state["wb_item"] is None  # nothing else opened
+    assert any("无法打开" in e.value for e in at.error)
+    assert queue.get(first.id).item.claimed_by == "yao02"
