@@ -333,9 +333,11 @@ def load_rulebook(root: str | Path) -> Rulebook:
 
     _check_also_by(compiler, drug_specs, drugs, sections)
     vehicles = sections.settings.vehicles
-    for unknown in [name for name in (vehicles.drugs if vehicles else []) if name not in drugs]:
-        compiler.error(f"settings.vehicles: unknown drug {unknown!r}", sections.settings_path,
-                       vehicles.line_of("drugs") if vehicles else None)
+    if vehicles is not None:
+        where = compiler.where(sections.settings_path, vehicles.line_of("drugs"))
+        # An exemption naming a drug this rulebook does not have changes nothing: said, not refused.
+        compiler.warnings.extend(f"{where}: settings.vehicles: unknown drug {unknown!r} (ignored)"
+                                 for unknown in vehicles.drugs if unknown not in drugs)
     examples: list[RuleExample] = []
     for path, spec, drug in drug_specs:
         compile_drug(compiler, spec, path, drug, sections.allergy_specs, sections.allergy_path)
