@@ -10,11 +10,11 @@ from sqlalchemy import func, insert
 from sqlmodel import select
 
 from rx_audit.contract import AuditResult, parse_prescription
-from rx_audit.errors import NotFoundError, StateError
+from rx_audit.errors import DatabaseError, NotFoundError, StateError
 from rx_audit.queue.common import clean_text, utcnow
-from rx_audit.queue.database import db_operation
+from rx_audit.queue.database import as_database_error, db_operation
 from rx_audit.queue.prepare import as_payload, prepare_record
-from rx_audit.queue.schemas import ReviewItem, StoreOutcome, Submission
+from rx_audit.queue.schemas import PreparedRecord, ReviewItem, StoreOutcome, Submission
 from rx_audit.queue.storing import Storing
 from rx_audit.queue.tables import AUDITS, ITEMS, PRESCRIPTIONS, REPLAY_ERRORS, ReviewItemRow
 
@@ -43,6 +43,66 @@ class Intake(Storing):
         record = prepare_record(prescription, result)
         outcome = self.store_prepared([record], source=source, actor=source)[0]
         return self._submission(outcome)
+
+    @db_operation
+    def submit_many(
+        self, submissions: Sequence[tuple[Any, AuditResult | dict[str, Any]]], *, source: str = "his"
+    ) -> list[Submission | Exception]:
+        """:meth:`submit_outcome` for several prescriptions in one transaction (a group commit).
+
+        In order, a :class:`Submission` or the exception that record alone raised (an unreadable
+        prescription, a result of another id): one bad record never fails the others. A failure
+        of the database itself (:class:`~rx_audit.errors.DatabaseError`) raises for all — nothing
+        of the call was stored. Records of one id are taken in order, as by :meth:`store_prepared`.
+        """
+        prepared: list[PreparedRecord | Exception] = []
+        for data, result in submissions:
+            try:
+                prepared.append(prepare_record(data, result))
+            except Exception as error:
+                prepared.append(error)
+        records = [entry for entry in prepared if not isinstance(entry, Exception)]
+        stored = iter(self._store_isolated(records, source))
+        outcomes = [entry if isinstance(entry, Exception) else next(stored) for entry in prepared]
+        return self._submissions(outcomes)
+
+    def _store_isolated(self, records: list[PreparedRecord], source: str) -> list[StoreOutcome | Exception]:
+        """All in one transaction; if that fails for anything but the database, each alone."""
+        if not records:
+            return []
+        try:
+            return list(self.store_prepared(records, source=source, actor=source))
+        except Exception as error:  # one record's problem: find it by storing them one by one
+            self._raise_if_database(error)
+        alone: list[StoreOutcome | Exception] = []
+        for record in records:
+            try:
+                alone.extend(self.store_prepared([record], source=source, actor=source))
+            except Exception as error:
+                self._raise_if_database(error)
+                alone.append(error)
+        return alone
+
+    def _raise_if_database(self, error: Exception) -> None:
+        """A failure of the database (locked, gone, read-only) is everyone's: raised, and retried by
+        the outer operation; a constraint or a bug is the record's own."""
+        if isinstance(error, DatabaseError) or as_database_error(error, self.url) is not None:
+            raise error
+
+    def _submissions(self, outcomes: Sequence[StoreOutcome | Exception]) -> list[Submission | Exception]:
+        """Submissions with their review items, read in one session."""
+        wanted = [o.item_id for o in outcomes if isinstance(o, StoreOutcome) and o.item_id is not None]
+        items: dict[int, ReviewItem] = {}
+        if wanted:
+            with self._read() as session:
+                items = {item_id: self._public(self._item_row(session, item_id)) for item_id in wanted}
+        return [
+            outcome if isinstance(outcome, Exception) else Submission(
+                kind=outcome.kind, prescription_id=outcome.prescription_id, version=outcome.version,
+                flagged=outcome.flagged, item=items.get(outcome.item_id) if outcome.item_id is not None else None,
+            )
+            for outcome in outcomes
+        ]
 
     def _submission(self, outcome: StoreOutcome) -> Submission:
         item = None

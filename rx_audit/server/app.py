@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from rx_audit import Auditor, ReviewQueue, __version__
 from rx_audit.server import openapi, ops, problems, reload, routes_webhooks
 from rx_audit.server.auth import KeyRing, RateLimiter
+from rx_audit.server.batching import SubmitBatcher
 from rx_audit.server.cds_jwt import JwtVerifier
 from rx_audit.server.context import Services
 from rx_audit.server.metrics import Metrics
@@ -49,6 +50,7 @@ def create_app(
         limiter=RateLimiter(settings.rate_per_minute, settings.burst),
         metrics=Metrics(depth),
         jwt=JwtVerifier(settings.cds_issuers, settings.cds_audience),
+        store=SubmitBatcher(queue),
     )
 
     @asynccontextmanager
@@ -58,6 +60,7 @@ def create_app(
         yield
         if undo is not None:
             undo()
+        found.store.close()  # what is waiting is stored before the queue closes
         found.metrics.worker_stopped()
         if owned_queue:
             found.queue.close()

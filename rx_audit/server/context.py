@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from rx_audit import Auditor, ReviewQueue
 from rx_audit.server.auth import ApiKey, KeyRing, RateLimiter
+from rx_audit.server.batching import SubmitBatcher
 from rx_audit.server.cds_jwt import JwtVerifier, looks_like_jwt
 from rx_audit.server.metrics import Metrics
 from rx_audit.server.problems import Problem
@@ -32,6 +33,7 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     jwt: JwtVerifier
+    store: SubmitBatcher  # the group commit of POST /v1/audit
     audit_limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from rx_audit import PrescriptionError, parse_prescription
+from rx_audit import AuditResult, PrescriptionError, Submission, parse_prescription
 from rx_audit.server.auth import ApiKey
 from rx_audit.server.context import Caller, Services, in_worker_thread, json_object, read_body, services
 from rx_audit.server.problems import Problem
@@ -46,10 +46,12 @@ async def audit(request: Request, key: Caller) -> JSONResponse:
         raise Problem(415, "application/fhir+json: not a FHIR resource (no resourceType); send a FHIR R4 Bundle, "
                       "or a CONTRACT §1 prescription as application/json", kind="unsupported-media-type")  # fmt: skip
     try:
+        record = await in_worker_thread(found, _bundle_record, document, key) if fhir else document
+        # The audit in a worker thread (CPU: a few at once); the store joins the group commit.
+        result = await in_worker_thread(found, audit_checked, found, record, key)
+        answer = answer_of(result, await found.store.submit(record, result))
         if fhir:
-            answer = await in_worker_thread(found, _audit_bundle, found, document, key)
-        else:
-            answer = await in_worker_thread(found, audit_and_queue, found, document, key)
+            answer["fhir"] = await in_worker_thread(found, _fhir_answer, answer, record, document)
     except PrescriptionError:
         found.metrics.audits.labels("invalid").inc()
         raise
@@ -69,9 +71,8 @@ def key_facility(key: ApiKey) -> dict[str, str]:
     return {"id": next(iter(key.facilities))}
 
 
-def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dict[str, Any]:
-    """Audit ``record`` and store it (queued when flagged): ``result`` (the answer), ``audit`` (the
-    :class:`AuditResult`), ``outcome`` (for metrics and the access log)."""
+def audit_checked(found: Services, record: dict[str, Any], key: ApiKey) -> AuditResult:
+    """Audit ``record`` once its facility is one the key may submit for."""
     prescription = parse_prescription(record)
     facility = prescription.facility.id
     if not facility:
@@ -79,8 +80,17 @@ def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dic
     if facility not in key.facilities:
         raise Problem(403, f"this key may not submit for facility {facility!r}", kind="forbidden-facility",
                       field="facility.id")  # fmt: skip
-    result = found.auditor.audit(record)
-    submission = found.queue.submit_outcome(record, result, source="his")
+    return found.auditor.audit(prescription)
+
+
+def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+    """Audit ``record`` and store it (queued when flagged): ``result`` (the answer), ``audit`` (the
+    :class:`AuditResult`), ``outcome`` (for metrics and the access log)."""
+    result = audit_checked(found, record, key)
+    return answer_of(result, found.queue.submit_outcome(record, result, source="his"))
+
+
+def answer_of(result: AuditResult, submission: Submission) -> dict[str, Any]:
     body: dict[str, Any] = result.to_contract()
     body["version"] = submission.version
     body["submission"] = submission.kind
@@ -89,19 +99,22 @@ def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dic
     return {"result": body, "audit": result, "outcome": submission.outcome}
 
 
-def _audit_bundle(found: Services, bundle: dict[str, Any], key: ApiKey) -> dict[str, Any]:
-    from rx_audit.adapters.fhir import detected_issues, prescription_from_bundle
+def _bundle_record(bundle: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+    from rx_audit.adapters.fhir import prescription_from_bundle
 
-    record = prescription_from_bundle(bundle, facility=key_facility(key))
-    answer = audit_and_queue(found, record, key)
+    return prescription_from_bundle(bundle, facility=key_facility(key))
+
+
+def _fhir_answer(answer: dict[str, Any], record: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
+    from rx_audit.adapters.fhir import detected_issues
+
     patient_id = (record.get("patient") or {}).get("id")
     issues = detected_issues(answer["audit"], bundle, patient=f"Patient/{patient_id}" if patient_id else None)
-    answer["fhir"] = {
+    return {
         "resourceType": "Bundle",
         "type": "collection",
         "entry": [{"resource": issue} for issue in issues] + [{"resource": _summary(answer["result"])}],
     }
-    return answer
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
