@@ -414,6 +414,12 @@ def _class_rules(item: Item, drug: dict[str, Any], patient: Patient, book: Refer
         for other in (book.allergy_classes.get(class_id) or {}).get("cross_reactive", {}):
             if other in patient.allergies:
                 expected.fired.add((f"allergy.cross.{class_id}.{other}", item.id))
+    # The route within a form group the dictionary lists (an unlisted group is not judged).
+    routes = set((drug.get("forms") or {}).get(item.form_group or "") or [])
+    if routes & {"iv", "ivgtt"}:  # push and drip are one intravenous way for dictionary entries
+        routes |= {"iv", "ivgtt"}
+    if item.route and routes and item.route not in routes:
+        expected.fired.add(("route.dictionary", item.id))
 
 
 def evaluate(prescription: Prescription, book: ReferenceRulebook) -> Expected:

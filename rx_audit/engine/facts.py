@@ -244,6 +244,15 @@ def _atc_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any]
     return out
 
 
+def intravenous_as_one(routes: list[str]) -> list[str]:
+    """The dictionary's routes, push and drip taken as one: its entries do not tell 静推 from 静滴
+    reliably (a monograph does, e.g. potassium chloride never pushed), so a dictionary drug given by
+    the other intravenous way is not called wrong — an intramuscular-only drug given IV still is."""
+    if "iv" in routes or "ivgtt" in routes:
+        return list(dict.fromkeys([*routes, "iv", "ivgtt"]))
+    return list(routes)
+
+
 def fact_local(fact: dict[str, Any]) -> str:
     """Where an item acts: systemically, or the local form group (tablets and eye drops are not a duplicate)."""
     return "systemic" if fact["sys"] else fact.get("form_group", "")
@@ -279,8 +288,11 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
             # classes, control classes and allergy classes.
             classes = [*item.drug.classes, *item.drug.dictionary_classes,
                        *(f"control:{c}" for c in item.drug.control)]
-            batches[CLASS_RULESET].append({**clinical, **fact, "akeys": list(item.drug.allergy_classes),
-                                           "ckeys": classes})
+            class_fact = {**clinical, **fact, "akeys": list(item.drug.allergy_classes), "ckeys": classes}
+            routes = item.drug.forms.get(item.form_group or "") if not item.drug.monograph and item.route else None
+            if routes:
+                class_fact["routes_ok"] = intravenous_as_one(routes)
+            batches[CLASS_RULESET].append(class_fact)
         batches["global"].append({**common, **fact})
     for logical, pair in _pair_facts(rulebook, number, known):
         batches[logical].append(pair)

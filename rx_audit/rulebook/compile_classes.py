@@ -68,6 +68,20 @@ def compile_class_rules(
                     scope="item",
                 ),
             )
+    # Route within the form: the dictionary lists each form group's routes, the fact carries the
+    # routes of the item's own group (only when the dictionary lists that group — its forms are not
+    # exhaustive, so an unlisted form is not called wrong).
+    compiler.add(
+        CLASS_RULESET,
+        CompiledRule(
+            id="route.dictionary", category="route", severity="warning",
+            message="{drug}（{form}）不宜{route}给药，请核对剂型与给药途径", source=rulebook_source,
+            condition=all_of(*no_monograph, {"$iall": {"routes_ok": {"$neq": {"$i": {"$m": "route"}}}}}),
+            evidence_fields=("route", "form", "form_group", "routes_ok"),
+            reference="药品说明书【用法用量】给药途径; 医疗机构处方审核规范（2018）第十五条：剂型与给药途径是否适宜",
+            scope="item",
+        ),
+    )
     compiler.add(
         f"pair:{INGREDIENT_KEY}",
         CompiledRule(
