@@ -10,22 +10,18 @@ either may carry the finding, so only the category is compared.
 
 A MISS: expected flagged, but the result is not flagged or has no warning/critical finding of the
 expected category. A FALSE ALARM: expected correct, but flagged. The limits below are the measured
-numbers (2026 corpus run): a floor that may only go down. Known remaining cases, for the lead:
+numbers: a ceiling that may only go down.
 
-misses
-  HIS-0086 甲氨蝶呤 10mg qd (should be qw) — no methotrexate monograph, so no dose/frequency rule.
-  HIS-0096 苄星青霉素 静滴 — dictionary forms say injection: [im], but route rules are compiled only
-           for monographs (rx_audit/rulebook/loader.py: compile_drug for drug_specs only).
-  HIS-0097 莫匹罗星软膏 口服 — same: dictionary forms {topical: [top]} not enforced without a monograph.
-  HIS-0098 精蛋白生物合成人胰岛素注射液(预混30R)(诺和灵30R) 静滴 — name not resolved: with two bracket
-           groups the generic part without brackets reads as NPH, disagreeing with the 30R brand
-           (rx_audit/rulebook/names.py resolve_name), although "…注射液（预混30R）" is a dictionary name.
-false alarms
-  HIS-0024 口服补液盐散(III) — unknown_drug: the (III) version marker on a combination product is
-           refused (names.py resolve_name: has_version and is_combination) even though the dictionary
-           lists 口服补液盐散（III） literally.
-  HIS-0025 幽门螺杆菌四联 14天 — duration.outpatient 7-day limit has no diagnosis-based exception
-           (第五次全国幽门螺杆菌感染处理共识报告: 14-day regimens).
+First blind run: 9 misses, 3 false alarms. Fixed since: sertraline's serotonergic class, gemfibrozil
+× simvastatin, allopurinol/febuxostat × thiopurines, codeine and nimesulide under 12, folic acid with
+methotrexate (rule data); a methotrexate monograph (HIS-0086, 10 mg qd); routes of dictionary drugs
+without a monograph (route.dictionary: HIS-0096 苄星青霉素 静滴, HIS-0097 莫匹罗星软膏 口服); names
+keeping one of two bracket groups (HIS-0098 …(预混30R)(诺和灵30R) 静滴) and a version marker the
+dictionary writes itself (HIS-0024 口服补液盐散(III)).
+
+Left: HIS-0025 幽门螺杆菌四联 14 天 — duration.outpatient (7 days) has no diagnosis-based extension;
+处方管理办法 第十九条 asks the doctor to note the reason for a longer prescription, so the warning
+stands until the CONTRACT carries such a note.
 """
 
 from __future__ import annotations
@@ -39,8 +35,8 @@ DATA = Path(__file__).resolve().parent / "data"
 CATEGORIES = {"indication", "dose", "route", "duplicate", "interaction", "contraindication", "duration",
               "completeness", "legality", "formulary"}
 
-MAX_MISSES = 4
-MAX_FALSE_ALARMS = 2
+MAX_MISSES = 0
+MAX_FALSE_ALARMS = 1
 
 
 def _corpus() -> tuple[list[dict], dict[str, dict]]:

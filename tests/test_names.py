@@ -33,4 +33,4 @@ def test_his_names_resolve_and_none_is_guessed(auditor):
     right = sum(outcome == "right" for outcome in outcomes.values())
     assert len(rows) >= 500
     assert not wrong, f"resolved to the wrong drug: {wrong}"
-    assert right / len(rows) >= 0.99, f"{right}/{len(rows)} resolved"
+    assert right / len(rows) >= 0.995, f"{right}/{len(rows)} resolved"

@@ -200,6 +200,30 @@ def bracket_names(text: str) -> list[str]:
             if match.group(0)[1:-1].strip() and not _VERSION.fullmatch(match.group(0))]
 
 
+def _undecorated(text: str) -> str:
+    """Without 规格, pack and maker, brackets kept: 口服补液盐散(Ⅲ) 5.125g*6袋 → 口服补液盐散(Ⅲ)."""
+    return _MAKER.sub("", _SPEC.sub(" ", _PACK.sub("", unicodedata.normalize("NFKC", text))).strip())
+
+
+def _one_bracket_kept(text: str) -> list[str]:
+    """With two or more bracket groups, the name keeping each one alone: A(x)(y) → [A(x), A(y)]."""
+    plain = unicodedata.normalize("NFKC", text)
+    groups = list(_BRACKETED.finditer(plain))
+    if len(groups) < 2:
+        return []
+    kept = []
+    for keep in groups:
+        pieces, at = [], 0
+        for group in groups:
+            pieces.append(plain[at:group.start()])
+            if group is keep:
+                pieces.append(group.group(0))
+            at = group.end()
+        pieces.append(plain[at:])
+        kept.append("".join(pieces))
+    return kept
+
+
 def has_version(text: str) -> bool:
     """(Ⅱ), (II): a formulation the name alone does not identify for a combination product."""
     return bool(_VERSION.search(unicodedata.normalize("NFKC", text)) or _VERSION.search(text))
@@ -213,15 +237,25 @@ def resolve_name(text: str, names: dict[str, str], is_combination: Callable[[str
     * a brand in brackets must agree with the generic part (精蛋白人胰岛素注射液(诺和灵30R): NPH by the
       name, the 30R premix by the brand — neither is taken);
     * a version marker, (Ⅱ), never picks a combination product it does not name (复方对乙酰氨基酚片(Ⅱ)
-      is another combination than 复方对乙酰氨基酚片).
+      is another combination than 复方对乙酰氨基酚片) — unless the dictionary writes the name with
+      that very marker (口服补液盐散(Ⅲ));
+    * with two bracket groups, the name keeping one of them may be the dictionary's own
+      (精蛋白生物合成人胰岛素注射液(预混30R)(诺和灵30R)).
     """
-    found = next((names[name] for name in candidates(text) if name in names), None)
+    # A name the dictionary writes with one of its brackets (精蛋白生物合成人胰岛素注射液(预混30R), beside
+    # the brand (诺和灵30R)) is that name, before the brackets are dropped.
+    kept = next((names[name] for option in _one_bracket_kept(text)
+                 for name in (normalise_name(option), normalise_name(_undecorated(option))) if name in names), None)
+    found = kept or next((names[name] for name in candidates(text) if name in names), None)
     brands = {names[name] for part in bracket_names(text) for name in candidates(part)[:2] if name in names}
     if len(brands) > 1 or (brands and found is not None and found not in brands):
         return None
     if brands:
         return next(iter(brands))
-    if found is not None and has_version(text) and is_combination(found):
+    # The version written as the dictionary writes it (口服补液盐散(Ⅲ)) names that product.
+    plain = unicodedata.normalize("NFKC", text)
+    literal = {names.get(normalise_name(plain)), names.get(normalise_name(_undecorated(plain)))}
+    if found is not None and has_version(text) and is_combination(found) and found not in literal:
         return None
     if found is None and any(word in text for word in SUPPLY_WORDS):
         return names.get(normalise_name("医用耗材"))
