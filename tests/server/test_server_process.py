@@ -6,38 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import FACILITY_A, FACILITY_B, KEY_A, KEY_B, ROOT, auth, prescription
+from process_support import free_port, wait_until
 
 RX_AUDIT = str(Path(sys.executable).with_name("rx-audit"))
 STARTUP_CAP = 300.0  # seconds: a generous cap on a slow machine; the test never measures time
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition, cap: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + cap
-    pause = 0.05
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{what}: the server exited with {process.returncode}")
-        time.sleep(pause)
-        pause = min(pause * 1.5, 1.0)
-    raise AssertionError(f"{what}: not within {cap} s")
 
 
 @pytest.fixture
@@ -59,7 +38,7 @@ def server(db_url: str, keys_file: Path, tmp_path: Path):
             return False
 
     try:
-        wait_until(ready, STARTUP_CAP, "rx-audit serve ready", process)
+        wait_until(ready, "rx-audit serve ready", process, STARTUP_CAP)
         yield base, process, tmp_path / "server.log"
     finally:
         if process.poll() is None:
@@ -192,7 +171,7 @@ def test_sigterm_finishes_the_requests_already_accepted(tmp_path, keys_file):
                 except httpx.HTTPError:
                     return False
 
-            wait_until(ready, STARTUP_CAP, "rx-audit serve ready", process)
+            wait_until(ready, "rx-audit serve ready", process, STARTUP_CAP)
             assert httpx.post(f"{base}/v1/audit", json=prescription("G-1"), headers=auth(KEY_A), timeout=120).json()[
                 "review"]["status"] == "pending"  # fmt: skip
             answers: list[httpx.Response] = []
@@ -208,7 +187,7 @@ def test_sigterm_finishes_the_requests_already_accepted(tmp_path, keys_file):
                 text = httpx.get(f"{base}/metrics", timeout=30).text
                 return "rx_audit_requests_in_flight 1.0" in text
 
-            wait_until(in_flight, STARTUP_CAP, "the long poll is being answered", process)
+            wait_until(in_flight, "the long poll is being answered", process, STARTUP_CAP)
             process.send_signal(signal.SIGTERM)
             thread.join(300)
             assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "pending"
