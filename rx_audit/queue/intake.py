@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert
 from sqlmodel import select
 
-from rx_audit.contract import AuditResult, parse_prescription
+from rx_audit.contract import AuditResult, Prescription, parse_prescription
 from rx_audit.errors import DatabaseError, NotFoundError, StateError
 from rx_audit.queue.common import clean_text, utcnow
 from rx_audit.queue.database import as_database_error, db_operation
@@ -46,7 +46,11 @@ class Intake(Storing):
 
     @db_operation
     def submit_many(
-        self, submissions: Sequence[tuple[Any, AuditResult | dict[str, Any]]], *, source: str = "his"
+        self,
+        submissions: Sequence[tuple[Any, AuditResult | dict[str, Any]]],
+        *,
+        source: str = "his",
+        parsed: Sequence[Prescription | None] | None = None,
     ) -> list[Submission | Exception]:
         """:meth:`submit_outcome` for several prescriptions in one transaction (a group commit).
 
@@ -54,11 +58,12 @@ class Intake(Storing):
         prescription, a result of another id): one bad record never fails the others. A failure
         of the database itself (:class:`~rx_audit.errors.DatabaseError`) raises for all — nothing
         of the call was stored. Records of one id are taken in order, as by :meth:`store_prepared`.
+        ``parsed``: the prescriptions as already validated (by the audit), not validated again.
         """
         prepared: list[PreparedRecord | Exception] = []
-        for data, result in submissions:
+        for index, (data, result) in enumerate(submissions):
             try:
-                prepared.append(prepare_record(data, result))
+                prepared.append(prepare_record(data, result, parsed=parsed[index] if parsed else None))
             except Exception as error:
                 prepared.append(error)
         records = [entry for entry in prepared if not isinstance(entry, Exception)]

@@ -20,8 +20,10 @@ from rx_audit.queue.database import (
     app_engines,
     db_operation,
     mask_url,
+    sqlite_file,
     sqlite_read_only,
 )
+from rx_audit.queue.gate import WriterGate
 from rx_audit.queue.migrate import SCHEMA_HEAD, schema_version
 from rx_audit.queue.schemas import ReviewItem
 from rx_audit.queue.tables import ReviewItemRow
@@ -57,6 +59,7 @@ class QueueStore:
             read_only=self.read_only,
             immutable=immutable,
         )
+        self._gate = WriterGate(sqlite_file(url) if self.is_sqlite and not self.read_only else None, self.lock_timeout)
         self.schema_version = self._check_schema()
 
     @db_operation
@@ -73,6 +76,7 @@ class QueueStore:
         return version
 
     def close(self) -> None:
+        self._gate.close()
         self._engine.dispose()
         if self._read_engine is not self._engine:
             self._read_engine.dispose()
@@ -89,7 +93,9 @@ class QueueStore:
             raise DatabaseReadOnlyError(
                 f"数据库以只读方式打开，不能写入 (database opened read-only): {mask_url(self.url)}", mask_url(self.url)
             )
-        with Session(self._engine, expire_on_commit=False) as session:
+        # On a SQLite file, writers take turns at the gate (rx_audit.queue.gate) instead of sleeping
+        # in SQLite's busy handler.
+        with self._gate(), Session(self._engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()

@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from rx_audit import AuditResult, ReviewQueue, Submission
+from rx_audit import AuditResult, Prescription, ReviewQueue, Submission
 
 logger = logging.getLogger("rx_audit.server")
 
@@ -31,16 +31,18 @@ class SubmitBatcher:
         self._queue = queue
         self._source = source
         self._limit = limit
-        self._waiting: list[tuple[Any, AuditResult, Future[Submission]]] = []
+        self._waiting: list[tuple[Any, AuditResult, Prescription | None, Future[Submission]]] = []
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    async def submit(self, record: Any, result: AuditResult) -> Submission:
-        """Store one audited prescription with whatever else is waiting; the event loop is not held."""
-        return await asyncio.wrap_future(self.submit_future(record, result))
+    async def submit(self, record: Any, result: AuditResult, parsed: Prescription | None = None) -> Submission:
+        """Store one audited prescription with whatever else is waiting; the event loop is not held.
+        ``parsed``: the prescription as the audit validated it (saves validating it again)."""
+        return await asyncio.wrap_future(self.submit_future(record, result, parsed))
 
-    def submit_future(self, record: Any, result: AuditResult) -> Future[Submission]:
+    def submit_future(self, record: Any, result: AuditResult, parsed: Prescription | None = None
+                      ) -> Future[Submission]:
         future: Future[Submission] = Future()
         with self._ready:
             if self._closed:
@@ -48,7 +50,7 @@ class SubmitBatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="rx-audit-store", daemon=True)
                 self._thread.start()
-            self._waiting.append((record, result, future))
+            self._waiting.append((record, result, parsed, future))
             self._ready.notify()
         return future
 
@@ -71,15 +73,16 @@ class SubmitBatcher:
                 batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
             self._store(batch)
 
-    def _store(self, batch: list[tuple[Any, AuditResult, Future[Submission]]]) -> None:
+    def _store(self, batch: list[tuple[Any, AuditResult, Prescription | None, Future[Submission]]]) -> None:
         try:
-            outcomes = self._queue.submit_many([(record, result) for record, result, _ in batch], source=self._source)
+            outcomes = self._queue.submit_many([(record, result) for record, result, _, _ in batch],
+                                               source=self._source, parsed=[parsed for _, _, parsed, _ in batch])
         except BaseException as error:  # the database failed: every waiting request says so
             logger.warning("storing %d submissions failed: %s", len(batch), type(error).__name__)
-            for _, _, future in batch:
+            for *_, future in batch:
                 future.set_exception(error)
             return
-        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+        for (*_, future), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from rx_audit import AuditResult, PrescriptionError, Submission, parse_prescription
+from rx_audit import AuditResult, Prescription, PrescriptionError, Submission, parse_prescription
 from rx_audit.server.auth import ApiKey
 from rx_audit.server.context import Caller, Services, in_worker_thread, json_object, read_body, services
 from rx_audit.server.problems import Problem
@@ -48,8 +48,8 @@ async def audit(request: Request, key: Caller) -> JSONResponse:
     try:
         record = await in_worker_thread(found, _bundle_record, document, key) if fhir else document
         # The audit in a worker thread (CPU: a few at once); the store joins the group commit.
-        result = await in_worker_thread(found, audit_checked, found, record, key)
-        answer = answer_of(result, await found.store.submit(record, result))
+        prescription, result = await in_worker_thread(found, audit_checked, found, record, key)
+        answer = answer_of(result, await found.store.submit(record, result, prescription))
         if fhir:
             answer["fhir"] = await in_worker_thread(found, _fhir_answer, answer, record, document)
     except PrescriptionError:
@@ -71,8 +71,9 @@ def key_facility(key: ApiKey) -> dict[str, str]:
     return {"id": next(iter(key.facilities))}
 
 
-def audit_checked(found: Services, record: dict[str, Any], key: ApiKey) -> AuditResult:
-    """Audit ``record`` once its facility is one the key may submit for."""
+def audit_checked(found: Services, record: dict[str, Any], key: ApiKey) -> tuple[Prescription, AuditResult]:
+    """Audit ``record`` once its facility is one the key may submit for: the prescription as
+    validated, and its result."""
     prescription = parse_prescription(record)
     facility = prescription.facility.id
     if not facility:
@@ -80,13 +81,13 @@ def audit_checked(found: Services, record: dict[str, Any], key: ApiKey) -> Audit
     if facility not in key.facilities:
         raise Problem(403, f"this key may not submit for facility {facility!r}", kind="forbidden-facility",
                       field="facility.id")  # fmt: skip
-    return found.auditor.audit(prescription)
+    return prescription, found.auditor.audit(prescription)
 
 
 def audit_and_queue(found: Services, record: dict[str, Any], key: ApiKey) -> dict[str, Any]:
     """Audit ``record`` and store it (queued when flagged): ``result`` (the answer), ``audit`` (the
     :class:`AuditResult`), ``outcome`` (for metrics and the access log)."""
-    result = audit_checked(found, record, key)
+    _, result = audit_checked(found, record, key)
     return answer_of(result, found.queue.submit_outcome(record, result, source="his"))
 
 
