@@ -98,6 +98,9 @@ def test_replay_scaling_vs_cpu_burn(benchmark, tmp_path: Path) -> None:
     import statistics
     import time
 
+    # Both cores: the session is pinned to one (conftest), and forked workers would inherit it.
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
     count = int(os.environ.get("RX_BENCH_SCALING_N", "20000"))
     path = tmp_path / "scaling.jsonl"
     write_batch(path, count)
@@ -121,7 +124,10 @@ def test_replay_scaling_vs_cpu_burn(benchmark, tmp_path: Path) -> None:
         return {"replay_1": statistics.median(one), "replay_2": statistics.median(two),
                 "burn_scaling": statistics.median(burn1) / statistics.median(burn2)}
 
-    rates = benchmark.pedantic(measure, rounds=1, iterations=1)
+    try:
+        rates = benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        os.sched_setaffinity(0, pinned)
     scaling = rates["replay_2"] / rates["replay_1"]
     benchmark.extra_info.update({
         "prescriptions": count, "replay_1_per_s": round(rates["replay_1"]), "replay_2_per_s": round(rates["replay_2"]),
