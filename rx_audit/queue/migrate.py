@@ -22,7 +22,7 @@ from rx_audit.queue import tables as _tables  # noqa: F401  (the tables on SQLMo
 from rx_audit.queue.database import as_database_error, postgres_session, sqlite_file
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
-SCHEMA_HEAD = "0004"  # the newest revision in rx_audit/migrations/versions (a test checks they agree)
+SCHEMA_HEAD = "0005"  # the newest revision in rx_audit/migrations/versions (a test checks they agree)
 VERSION_TABLE = "rx_alembic_version"
 
 
@@ -90,6 +90,7 @@ def _grant(connection: Any, roles: Sequence[str]) -> None:
         connection.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON rx_review_item TO {quoted}")
         connection.exec_driver_sql(f"GRANT SELECT, UPDATE ON rx_chain_head TO {quoted}")
         connection.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON rx_webhook, rx_webhook_event TO {quoted}")
+        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON rx_cds_card, rx_cds_feedback TO {quoted}")
         connection.exec_driver_sql(f"GRANT SELECT ON {VERSION_TABLE} TO {quoted}")
         connection.exec_driver_sql(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {quoted}')
         connection.exec_driver_sql(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rx_audit.errors import QueueError
+from rx_audit.queue.cds import CdsCards
 from rx_audit.queue.common import TimeoutPolicy
 from rx_audit.queue.database import DEFAULT_LOCK_TIMEOUT
 from rx_audit.queue.intake import Intake
@@ -20,7 +21,7 @@ from rx_audit.queue.store import QueueStore
 from rx_audit.queue.workflow import Workflow
 
 
-class ReviewQueue(Intake, Workflow, Reads, Statistics):
+class ReviewQueue(Intake, Workflow, Reads, Statistics, CdsCards):
     """The review queue on one database. Thread-safe; one instance per process is enough.
 
     >>> q = ReviewQueue("sqlite:///queue.db")       # after `rx-audit queue migrate --db sqlite:///queue.db`

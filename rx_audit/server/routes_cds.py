@@ -6,14 +6,13 @@ The hook's draft orders are mapped by :func:`rx_audit.adapters.cds_hooks.prescri
 stored exactly as ``POST /v1/audit`` does (queued for the pharmacist when flagged), and answered with
 one card per finding; ``overrideReasons`` are the queue's coded approve reasons.
 
-Feedback: each card uuid is kept with its prescription, rules, items, facility and the signing
-clinician (``context.userId``) **in this process**, in a bounded mapping (the newest
-``CARD_LIMIT`` cards): feedback must reach the worker that answered the hook, within that window;
-feedback on a card not (or no longer) known is answered ``unknown-card`` and not recorded.
-``overridden`` with a reason, when the prescription is ``returned``, is recorded as 双签
-(``ReviewQueue.double_sign``; doctor = the hook's ``userId``); otherwise (the queue has no API to add
-a trail entry) it is logged as one JSON line on the ``rx_audit.server`` logger and kept in the
-in-process feedback log, as ``accepted`` feedback is. Authentication: the service's API keys
+Feedback: each card uuid is stored with its prescription, version, rules, facility and the signing
+clinician (``context.userId``) in the queue's database (``ReviewQueue.remember_cards``), so feedback
+reaching any worker or instance is understood; a card not known, or of another facility than the
+key's, is answered ``unknown-card``. ``overridden`` with a reason, when the prescription is
+``returned``, is recorded as 双签 (``ReviewQueue.double_sign``; doctor = the hook's ``userId``);
+every feedback entry, ``accepted`` included, is stored (``ReviewQueue.note_feedback``, read back with
+``cds_feedback``) and logged as one JSON line on the ``rx_audit.server`` logger. Authentication: the service's API keys
 (``Authorization: Bearer``), or the EHR's CDS Hooks JWT verified against its JWKS where issuers are
 configured (:mod:`rx_audit.server.cds_jwt`).
 """
@@ -22,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,46 +38,6 @@ from rx_audit.server.state import prescription_state
 router = APIRouter()
 log = logging.getLogger("rx_audit.server")
 SERVICE_PATH = "/cds-services/rx-audit-order-sign"
-CARD_LIMIT = 10_000
-FEEDBACK_LIMIT = 10_000
-_create = threading.Lock()
-
-
-class CardStore:
-    """Card uuid → what the card was about (bounded, oldest dropped), and the recent feedback."""
-
-    def __init__(self, limit: int = CARD_LIMIT, feedback_limit: int = FEEDBACK_LIMIT) -> None:
-        self.limit = limit
-        self._cards: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.feedback: deque[dict[str, Any]] = deque(maxlen=feedback_limit)
-        self._lock = threading.Lock()
-
-    def add(self, index: dict[str, dict[str, Any]]) -> None:
-        with self._lock:
-            self._cards.update(index)
-            while len(self._cards) > self.limit:
-                self._cards.popitem(last=False)
-
-    def find(self, card: str, scope: frozenset[str]) -> dict[str, Any] | None:
-        """The card's entry when it is known and of the key's facilities (else as if unknown)."""
-        with self._lock:
-            entry = self._cards.get(card)
-        return entry if entry is not None and entry["facility"] in scope else None
-
-    def note(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            self.feedback.append(record)
-
-
-def card_store(request: Request) -> CardStore:
-    state = request.app.state
-    with _create:
-        if getattr(state, "cds_cards", None) is None:
-            state.cds_cards = CardStore()
-    store: CardStore = state.cds_cards
-    return store
-
-
 @router.get("/cds-services")
 async def discovery_endpoint(key: Caller) -> JSONResponse:
     from rx_audit.adapters.cds_hooks import discovery
@@ -93,9 +50,8 @@ async def order_sign(request: Request, key: Caller) -> JSONResponse:
     found = services(request)
     body = json_object(await read_body(request, found.settings.max_body_bytes), "order-sign request")
     _check_shape(body)
-    store = card_store(request)
     try:
-        answer = await in_worker_thread(found, _order_sign, found, store, body, key)
+        answer = await in_worker_thread(found, _order_sign, found, body, key)
     except PrescriptionError:
         found.metrics.audits.labels("invalid").inc()
         raise
@@ -119,7 +75,7 @@ def _check_shape(hook: dict[str, Any]) -> None:
                       field="context.draftOrders.entry")  # fmt: skip
 
 
-def _order_sign(found: Services, store: CardStore, hook: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+def _order_sign(found: Services, hook: dict[str, Any], key: ApiKey) -> dict[str, Any]:
     from rx_audit.adapters.cds_hooks import card_index, cards, prescription_from_order_sign
 
     facility = key_facility(key)
@@ -132,7 +88,7 @@ def _order_sign(found: Services, store: CardStore, hook: dict[str, Any], key: Ap
     for entry in index.values():
         entry.update(facility=facility["id"], user=str(user) if user else None,
                      version=answer["result"]["version"])  # fmt: skip
-    store.add(index)
+    found.queue.remember_cards(index)
     answer["cards"] = response
     return answer
 
@@ -144,19 +100,18 @@ async def feedback(request: Request, key: Caller) -> JSONResponse:
     found = services(request)
     body = json_object(await read_body(request, found.settings.max_body_bytes), "feedback")
     records = feedback_outcome(body)
-    store = card_store(request)
-    results = await run_in_threadpool(_record_feedback, found, store, records, key)
+    results = await run_in_threadpool(_record_feedback, found, records, key)
     request.state.outcome = "feedback"
     return JSONResponse({"feedback": results})
 
 
 def _record_feedback(
-    found: Services, store: CardStore, records: list[dict[str, Any]], key: ApiKey
+    found: Services, records: list[dict[str, Any]], key: ApiKey
 ) -> list[dict[str, Any]]:
     scope = sorted(key.facilities)
     out: list[dict[str, Any]] = []
     for record in records:
-        entry = store.find(record["card"], key.facilities)
+        entry = found.queue.card(record["card"], scope)
         if entry is None:
             out.append({"card": record["card"], "outcome": record["outcome"], "recorded": "unknown-card"})
             continue
@@ -179,7 +134,7 @@ def _record_feedback(
             "accepted_suggestions": record["accepted_suggestions"],
             "recorded": recorded,
         }
-        store.note(noted)
+        found.queue.note_feedback({**noted, "reason": reason})
         log.info(json.dumps({"event": "cds_feedback", **noted}, ensure_ascii=False))
         out.append({"card": record["card"], "outcome": record["outcome"], "prescription": entry["prescription"],
                     "recorded": recorded})  # fmt: skip

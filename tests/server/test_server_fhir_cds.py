@@ -187,7 +187,34 @@ def test_accepted_and_unknown_feedback(client, make_client):
     ]}  # fmt: skip
     body = client.post(SERVICE + "/feedback", json=accepted, headers=auth(KEY_A)).json()
     assert [f["recorded"] for f in body["feedback"]] == ["noted", "unknown-card"]
-    assert client.app.state.cds_cards.feedback[-1]["outcome"] == "accepted"
+    stored = client.app.state.services.queue.cds_feedback(body["feedback"][0]["prescription"], [FACILITY_A])
+    assert [(f["outcome"], f["recorded"]) for f in stored] == [("accepted", "noted")]
     # another facility's key cannot resolve A's cards
     other = client.post(SERVICE + "/feedback", json=copy.deepcopy(_override(cards[0])), headers=auth(KEY_B)).json()
     assert other["feedback"][0]["recorded"] == "unknown-card"
+
+
+def test_feedback_reaching_another_worker_is_understood(make_client, db_url):
+    """Cards are kept in the queue's database: feedback sent to another worker (here another app with
+    its own ReviewQueue on the same database) than the one that answered the hook still finds its
+    card and stores the feedback (in memory, as before, it was "unknown-card")."""
+    from rx_audit import ReviewQueue
+
+    first = make_client()
+    cards = first.post(SERVICE, json=order_sign_request(), headers=auth(KEY_A)).json()["cards"]
+    other_queue = ReviewQueue(db_url)
+    try:
+        from fastapi.testclient import TestClient
+
+        from rx_audit.server.app import create_app
+
+        second_app = create_app(first.app.state.services.settings, auditor=first.app.state.services.auditor,
+                                queue=other_queue)
+        with TestClient(second_app) as second:
+            answer = second.post(SERVICE + "/feedback", json={"feedback": [
+                {"card": cards[0]["uuid"], "outcome": "accepted", "outcomeTimestamp": "2025-03-26T02:40:00Z",
+                 "acceptedSuggestions": [{"id": "s1"}]}]}, headers=auth(KEY_A)).json()  # fmt: skip
+        assert answer["feedback"][0]["recorded"] == "noted"
+        assert other_queue.cds_feedback(answer["feedback"][0]["prescription"], [FACILITY_A])
+    finally:
+        other_queue.close()
