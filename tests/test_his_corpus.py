@@ -22,7 +22,25 @@ dictionary writes itself (HIS-0024 口服补液盐散(III)).
 Left: HIS-0025 幽门螺杆菌四联 14 天 — duration.outpatient (7 days) has no diagnosis-based extension;
 处方管理办法 第十九条 asks the doctor to note the reason for a longer prescription, so the warning
 stands until the CONTRACT carries such a note.
+
+Second corpus, written blind the same way by another pharmacist on different ground —
+tests/data/his_prescriptions_2.jsonl (152: paediatric weight-based doses and age limits, renal dosing by
+eGFR in the elderly, pregnancy and lactation, antibacterial dose/route/tier/duplicates/皮试 allergy text,
+injections (中药注射剂, KCl, 地塞米松, vehicles), 精二 benzodiazepines and antiepileptics,
+anticoagulants/antiplatelets, 7-day/3-day/12-week supply) and tests/data/his_prescriptions_2_expected.json.
+First blind run: 13 misses, 2 false alarms. Fixed since (rule data): monographs for gabapentin and
+levetiracetam (renal bands), carbamazepine (daily cap), ribavirin (pregnancy), clindamycin (injection never
+pushed), 丹参注射液 and 喜炎平 (dose caps); "青霉素皮试(+)" read as a penicillin allergy; amoxicillin indicated
+for mastitis (N61, O91).
+Left (engine or files outside the rule data this corpus may touch):
+- HIS2-0122 阿普唑仑+地西泮, HIS2-0133 氯吡格雷+替格瑞洛: the rules say 重复给药 but live in interactions*.yaml,
+  whose category is always `interaction` (compile_pairs.py), and they suppress duplicate.atc.
+- HIS2-0086 阿莫西林+头孢克洛: no β-lactam duplicate group (duplicates.yaml has penicillin and cephalosporin apart).
+- HIS2-0102 10% KCl 1.5 g in 100 mL: concentration needs the vehicle's volume; items are not grouped.
+- HIS2-0106 胺碘酮注射液 in 0.9% NaCl: vehicle incompatibility; a pair selector cannot restrict to injections.
+- HIS2-0146 (false alarm) one insulin pen for 7 days: duration.quantity_vs_days has no smallest-pack allowance.
 """
+
 
 from __future__ import annotations
 
@@ -35,20 +53,29 @@ DATA = Path(__file__).resolve().parent / "data"
 CATEGORIES = {"indication", "dose", "route", "duplicate", "interaction", "contraindication", "duration",
               "completeness", "legality", "formulary"}
 
-MAX_MISSES = 0
-MAX_FALSE_ALARMS = 1
+# corpus stem -> (MAX_MISSES, MAX_FALSE_ALARMS): the measured numbers, ceilings that may only go down.
+LIMITS = {
+    "his_prescriptions": (0, 1),
+    "his_prescriptions_2": (5, 1),
+}
+CORPORA = sorted(LIMITS)
 
 
-def _corpus() -> tuple[list[dict], dict[str, dict]]:
-    records = [json.loads(line) for line in (DATA / "his_prescriptions.jsonl").read_text(encoding="utf-8").splitlines()
+def _corpus(stem: str = "his_prescriptions") -> tuple[list[dict], dict[str, dict]]:
+    records = [json.loads(line) for line in (DATA / f"{stem}.jsonl").read_text(encoding="utf-8").splitlines()
                if line.strip()]
-    expected = json.loads((DATA / "his_prescriptions_expected.json").read_text(encoding="utf-8"))
+    expected = json.loads((DATA / f"{stem}_expected.json").read_text(encoding="utf-8"))
     return records, expected
 
 
+@pytest.fixture(scope="module", params=CORPORA)
+def corpus(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def outcome(auditor):
-    records, expected = _corpus()
+def outcome(auditor, corpus):
+    records, expected = _corpus(corpus)
     misses, false_alarms = [], []
     for record in records:
         result = auditor.audit(record)
@@ -64,9 +91,9 @@ def outcome(auditor):
     return misses, false_alarms
 
 
-def test_corpus_shape():
+def test_corpus_shape(corpus):
     """The corpus is large, half correct, every faulty case names a CONTRACT category and an existing item."""
-    records, expected = _corpus()
+    records, expected = _corpus(corpus)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)) >= 150
     assert set(expected) == set(ids)
@@ -82,16 +109,18 @@ def test_corpus_shape():
             assert want["category"] is None and want["drug_item"] is None, rid
 
 
-def test_misses_at_most_measured(outcome):
+def test_misses_at_most_measured(outcome, corpus):
     """Faulty prescriptions the engine misses (not flagged, or not for the expected category): at most
-    the measured number — lower MAX_MISSES when a fix lands."""
+    the measured number — lower the corpus's LIMITS entry when a fix lands."""
     misses, _ = outcome
-    assert len(misses) <= MAX_MISSES, f"{len(misses)} misses (limit {MAX_MISSES}):\n" + "\n".join(misses)
+    limit = LIMITS[corpus][0]
+    assert len(misses) <= limit, f"{corpus}: {len(misses)} misses (limit {limit}):\n" + "\n".join(misses)
 
 
-def test_false_alarms_at_most_measured(outcome):
-    """Correct prescriptions the engine flags for review: at most the measured number — lower
-    MAX_FALSE_ALARMS when a fix lands."""
+def test_false_alarms_at_most_measured(outcome, corpus):
+    """Correct prescriptions the engine flags for review: at most the measured number — lower the
+    corpus's LIMITS entry when a fix lands."""
     _, false_alarms = outcome
-    assert len(false_alarms) <= MAX_FALSE_ALARMS, (
-        f"{len(false_alarms)} false alarms (limit {MAX_FALSE_ALARMS}):\n" + "\n".join(false_alarms))
+    limit = LIMITS[corpus][1]
+    assert len(false_alarms) <= limit, (
+        f"{corpus}: {len(false_alarms)} false alarms (limit {limit}):\n" + "\n".join(false_alarms))
