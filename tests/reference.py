@@ -381,6 +381,8 @@ def _quantity(item: Item, raw: Any, spec: dict[str, Any], prescription: Prescrip
     policy = book.settings.get("quantity")
     if not policy or spec.get("kind") == "supply" or raw.quantity is None or raw.dose is None:
         return
+    if raw.quantity.value <= 1:  # one pack is the least that can be dispensed
+        return
     if item.freq is None or item.freq in ("prn", "st"):
         return
     strength = (raw.strength.value, raw.strength.unit) if raw.strength else None

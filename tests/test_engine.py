@@ -277,3 +277,31 @@ def test_an_infusion_vehicle_written_once_per_group_is_not_a_duplicate(auditor):
     assert not [f.rule for f in result.findings if str(f.category) == "duplicate"]
     twice = auditor.audit(rx(*items, {**cefuroxime, "id": "9"}, diagnoses=["J18.900"]))
     assert "duplicate.same_ingredient" in {f.rule for f in twice.findings}
+
+
+def test_skin_test_results_are_read_positive_as_allergy_negative_as_none(auditor):
+    """"头孢曲松皮试(+)、青霉素皮试(-)": a cephalosporin is held for the allergy; amoxicillin gets only
+    the cephalosporin cross-reactivity note, not a penicillin allergy (the penicillin test was negative)."""
+    patient = {"allergies": ["头孢曲松皮试(+)、青霉素皮试(-)"]}
+    cefaclor = auditor.audit(rx({**item("头孢克洛", 250, frequency="tid", form="胶囊"), "id": "1"},
+                                diagnoses=["J02.9"], patient=patient))
+    amoxicillin = auditor.audit(rx({**item("阿莫西林", 500, frequency="tid", form="胶囊"), "id": "1"},
+                                   diagnoses=["J02.9"], patient=patient))
+    assert any(str(f.category) == "contraindication" and str(f.severity) != "info" for f in cefaclor.findings)
+    rules = {f.rule for f in amoxicillin.findings}
+    assert "amoxicillin.allergy" not in rules and "amoxicillin.allergy.cross.cephalosporin" in rules
+    assert "completeness.allergy_unreadable" not in rules
+
+
+def test_one_pack_is_never_an_oversupply(auditor):
+    """One insulin pen (300 IU) at 18 IU a day lasts 16 days: the least that can be dispensed for a
+    7-day prescription, not a quantity problem; three pens are."""
+    def pen(count):
+        return {"id": "1", "drug": "门冬胰岛素注射液", "form": "注射液", "dose": {"value": 18, "unit": "IU"},
+                "frequency": "qd", "route": "sc", "days": 7, "quantity": {"value": count, "unit": "支"},
+                "strength": {"value": 300, "unit": "IU/支"}}
+
+    one = auditor.audit(rx(pen(1), diagnoses=["E11.900"]))
+    three = auditor.audit(rx(pen(3), diagnoses=["E11.900"]))
+    assert not [f.rule for f in one.findings if f.rule.startswith("duration.quantity")]
+    assert [f.rule for f in three.findings if f.rule.startswith("duration.quantity")]

@@ -32,13 +32,12 @@ First blind run: 13 misses, 2 false alarms. Fixed since (rule data): monographs 
 levetiracetam (renal bands), carbamazepine (daily cap), ribavirin (pregnancy), clindamycin (injection never
 pushed), 丹参注射液 and 喜炎平 (dose caps); "青霉素皮试(+)" read as a penicillin allergy; amoxicillin indicated
 for mastitis (N61, O91).
-Left (engine or files outside the rule data this corpus may touch):
-- HIS2-0122 阿普唑仑+地西泮, HIS2-0133 氯吡格雷+替格瑞洛: the rules say 重复给药 but live in interactions*.yaml,
-  whose category is always `interaction` (compile_pairs.py), and they suppress duplicate.atc.
-- HIS2-0086 阿莫西林+头孢克洛: no β-lactam duplicate group (duplicates.yaml has penicillin and cephalosporin apart).
-- HIS2-0102 10% KCl 1.5 g in 100 mL: concentration needs the vehicle's volume; items are not grouped.
-- HIS2-0106 胺碘酮注射液 in 0.9% NaCl: vehicle incompatibility; a pair selector cannot restrict to injections.
-- HIS2-0146 (false alarm) one insulin pen for 7 days: duration.quantity_vs_days has no smallest-pack allowance.
+Then (engine): an interaction rule may report as a duplicate (`category: duplicate`: 阿普唑仑+地西泮,
+氯吡格雷+替格瑞洛 — HIS2-0122, HIS2-0133), a penicillin beside a cephalosporin is a duplicate
+(HIS2-0086), "皮试(+)" / "皮试(-)" read as a test result for any drug, and a quantity of one pack is
+never an oversupply (HIS2-0146, one insulin pen).
+Left: HIS2-0102 10% KCl 1.5 g in 100 mL (concentration needs the vehicle's volume: items are not grouped
+into infusions in CONTRACT §1); HIS2-0106 胺碘酮注射液 in 0.9% NaCl (vehicle compatibility, likewise).
 """
 
 
@@ -56,7 +55,7 @@ CATEGORIES = {"indication", "dose", "route", "duplicate", "interaction", "contra
 # corpus stem -> (MAX_MISSES, MAX_FALSE_ALARMS): the measured numbers, ceilings that may only go down.
 LIMITS = {
     "his_prescriptions": (0, 1),
-    "his_prescriptions_2": (5, 1),
+    "his_prescriptions_2": (2, 0),
 }
 CORPORA = sorted(LIMITS)
 

@@ -115,8 +115,10 @@ def _without_generic_duplicates(findings: list[Finding]) -> list[Finding]:
     def pair(finding: Finding) -> frozenset[str]:
         return frozenset(finding.evidence.get("items", ()))
 
-    specific = {pair(f) for f in findings if f.category == "duplicate" and f.rule not in _GENERIC}
-    said = {pair(f) for f in findings if f.category in ("duplicate", "interaction") and f.rule != "duplicate.atc"}
+    # By rule id, not category: an interaction rule may report as a duplicate (compile_pairs).
+    specific = {pair(f) for f in findings if f.rule.startswith("duplicate.") and f.rule not in _GENERIC}
+    said = {pair(f) for f in findings
+            if f.rule.startswith(("duplicate.", "interaction.")) and f.rule != "duplicate.atc"}
     return [f for f in findings
             if not (f.rule == "duplicate.ingredient" and pair(f) in specific)
             and not (f.rule == "duplicate.atc" and pair(f) in said)]

@@ -128,6 +128,10 @@ def _dose(item: Item, drug: Drug | None) -> tuple[float | None, str | None]:
 def _supply(item: Item, freq: str | None, times: float | None) -> tuple[float | None, bool]:
     if item.quantity is None or item.dose is None or times is None or freq in ("prn", "st"):
         return None, False
+    if item.quantity.value <= 1:
+        # One pen, bottle or tube is the least that can be dispensed: not an oversupply (一支胰岛素笔
+        # 300 IU at 18 IU a day lasts 16 days, whatever the days written).
+        return None, False
     strength = (item.strength.value, item.strength.unit) if item.strength else None
     days = supply_days((item.quantity.value, item.quantity.unit), (item.dose.value, item.dose.unit), strength, times)
     return days, days is None

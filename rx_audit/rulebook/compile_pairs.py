@@ -48,7 +48,7 @@ def compile_pairs(
         compiler.add(
             f"pair:{first.key}",
             CompiledRule(
-                id=f"interaction.{spec.id}", category="interaction", severity=spec.severity, message=spec.message,
+                id=f"interaction.{spec.id}", category=spec.category, severity=spec.severity, message=spec.message,
                 source=compiler.where(path, spec.line),
                 # The equality on `key` comes first, so a fact reaches only that key's rules.
                 condition=all_of(eq("t", "pair"), eq("key", first.key), list_has("other_keys", [second.key]),

@@ -168,14 +168,23 @@ NON_DRUG_ALLERGENS = frozenset({
 })
 
 
+# "(+)" / "(-)" anywhere, or a bare sign right after 皮试.
+_TEST_RESULT = re.compile(r"\(\s*([+\-−])\s*\)|(?<=皮试)\s*([+\-−])")
+
+
 def allergen_parts(text: str) -> list[str]:
     """The allergens named in one allergy entry, cleaned; ``[]`` when it says there is none."""
     plain = unicodedata.normalize("NFKC", text).lower().strip()
     if normalise_name(plain) in NO_ALLERGY:
         return []
+    # A test result, before brackets and "+" are taken as decoration or separators: 青霉素皮试(+) is
+    # an allergy, 青霉素皮试(-) is none.
+    plain = _TEST_RESULT.sub(lambda m: "阳性" if (m.group(1) or m.group(2)) == "+" else "阴性", plain)
     parts = []
     for piece in _ALLERGY_SPLIT.split(_BRACKETED.sub(" ", plain)):
         piece = piece.strip(" :：.。")
+        if piece.endswith("阴性"):
+            continue  # a negative test names no allergen
         changed = True
         while changed and piece:
             changed = False

@@ -284,6 +284,9 @@ class InteractionSpec(Spec):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     between: list[Selector] = Field(min_length=2, max_length=2)
     severity: SeverityName
+    # A pair rule that is a duplicate by its nature (two P2Y12 inhibitors, a penicillin beside a
+    # cephalosporin) reports as `duplicate`, whatever section it is written in.
+    category: Literal["interaction", "duplicate"] = "interaction"
     message: str
     source: str = Field(min_length=2)
     examples: list[Example] = Field(default_factory=list)
