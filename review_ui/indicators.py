@@ -7,23 +7,22 @@ health facilities, WHO/DAP/93.1) and 医院处方点评管理规范（试行）(
 * 基本药物占处方用药的百分率 % of drugs prescribed from the essential medicines list;
 * 通用名占处方用药的百分率 % of drugs prescribed by generic name.
 
-Computed from the stored prescriptions with the rulebook's drug dictionary (``rx_audit.drug_infos``:
-antibacterial tier, essential-list flag, names). What the dictionary cannot tell is counted
-apart, never guessed: an item whose drug is not in the dictionary counts in the drugs per
-prescription but in neither the essential nor the generic-name numerator, and the number of such
-items is shown. "By generic name": the item's written name contains the drug's Chinese generic
-name or its INN (a brand in brackets after it is allowed, as CONTRACT §1 says); a brand alone
-(格华止, 立普妥, Lipitor) is not. Pure functions: tested without a page.
+Computed from the stored prescriptions with the rulebook's drug dictionary (names resolved by
+``Rulebook.drug_for``, as the audit resolves them; antibacterial tier, essential-list flag). What
+the dictionary cannot tell is counted apart, never guessed: an item whose drug is not in the
+dictionary counts in the drugs per prescription but in neither the essential nor the generic-name
+numerator, and the number of such items is shown. "By generic name": the item's written name
+contains the drug's Chinese generic name or its INN (a brand in brackets after it is allowed, as
+CONTRACT §1 says); a brand alone (格华止, 立普妥, Lipitor) is not. Pure functions: tested without a
+page.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from rx_audit import DrugInfo
 
 INJECTION_ROUTES = frozenset(
     {"iv", "ivgtt", "im", "sc", "静滴", "静推", "肌注", "皮下", "静脉滴注", "静脉注射", "肌内注射"}
@@ -44,29 +43,24 @@ class DrugFacts:
 
 
 class Dictionary:
-    """Written drug names → the dictionary's facts, the longest name found in the text winning;
-    each distinct written name is looked up once (an HIS repeats a few hundred names)."""
+    """Written drug names → the dictionary's facts, resolved as the audit resolves them (the
+    rulebook's ``drug_for``: HIS decoration read, an ambiguous or unknown name left unknown, never
+    a guess); each distinct written name is looked up once (an HIS repeats a few hundred names)."""
 
-    def __init__(self, drugs: Iterable[DrugInfo]) -> None:
-        self._names: list[tuple[str, DrugInfo]] = []
-        for drug in drugs:
-            for name in {drug.name, drug.id.replace("_", " "), *drug.names}:
-                # Short ASCII words would be found inside other words ("ace" in "acetaminophen").
-                if len(_norm(name)) >= (4 if name.isascii() else 2):
-                    self._names.append((_norm(name), drug))
-        self._names.sort(key=lambda pair: -len(pair[0]))
+    def __init__(self, resolve: Callable[[str], Any]) -> None:
+        self._resolve = resolve
         self._seen: dict[str, DrugFacts] = {}
 
     def facts(self, written: str) -> DrugFacts:
-        key = _norm(written)
-        if key not in self._seen:
-            self._seen[key] = self._look_up(key)
-        return self._seen[key]
+        if written not in self._seen:
+            self._seen[written] = self._look_up(written)
+        return self._seen[written]
 
-    def _look_up(self, text: str) -> DrugFacts:
-        drug = next((d for name, d in self._names if name in text), None)
+    def _look_up(self, written: str) -> DrugFacts:
+        drug = self._resolve(written) if written.strip() else None
         if drug is None:
             return DrugFacts(drug_id=None)
+        text = _norm(written)
         generic = _norm(drug.name) in text or _norm(drug.id.replace("_", " ")) in text
         return DrugFacts(
             drug_id=drug.id,

@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from review_ui import backend, catalog, export, indicators, ui
+from review_ui import backend, export, indicators, ui
 
 if TYPE_CHECKING:
     from rx_audit import GroupStatistics, QueueStatistics, Rate
@@ -429,7 +429,7 @@ with tabs[6]:
     period_key = f"{date_from}_{date_to}"
     if st.button("计算处方指标 Compute indicators", key="st_indicators", icon=ui.ICONS["check"]):
         rows = service.prescription_payloads(date_from, date_to, limit=INDICATOR_LIMIT)
-        dictionary = indicators.Dictionary(catalog.drugs(backend.auditor(settings).rulebook))
+        dictionary = indicators.Dictionary(backend.auditor(settings).rulebook.drug_for)
         st.session_state["st_indicator_result"] = (period_key, len(rows), indicators.tally(rows, dictionary))
     computed = st.session_state.get("st_indicator_result")
     if computed is not None and computed[0] == period_key:
