@@ -59,6 +59,12 @@ class QueueStore:
             read_only=self.read_only,
             immutable=immutable,
         )
+        # A read of several statements sees one snapshot: on PostgreSQL's default READ COMMITTED an
+        # item read before a decision's commit and its decisions read after it gave a torn state
+        # ("claimed" with the return's decision; a long poll answered it). SQLite's reader already
+        # opens one transaction (BEGIN) per read.
+        self._snapshot_engine = (self._read_engine.execution_options(isolation_level="REPEATABLE READ")
+                                 if self.is_postgres else self._read_engine)
         self._gate = WriterGate(sqlite_file(url) if self.is_sqlite and not self.read_only else None, self.lock_timeout)
         self.schema_version = self._check_schema()
 
@@ -105,7 +111,7 @@ class QueueStore:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._read_engine, expire_on_commit=False) as session:
+        with Session(self._snapshot_engine, expire_on_commit=False) as session:
             yield session
 
     def _insert_returning_ids(self, session: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
