@@ -35,7 +35,9 @@ def explain(
                     "message": rule.message,
                     "source": rule.source,
                     "reference": rule.reference,
-                    "condition": rule.condition,
+                    # A check's limits are data compared by generic rules (rulebook.compile_checks).
+                    "condition": rule.condition or "data: compared by the generic check rules",
+                    "limits": rule.limits,
                 },
                 ensure_ascii=False,
                 indent=2,
