@@ -35,9 +35,7 @@ def explain(
                     "message": rule.message,
                     "source": rule.source,
                     "reference": rule.reference,
-                    # A check's limits are data compared by generic rules (rulebook.compile_checks).
-                    "condition": rule.condition or "data: compared by the generic check rules",
-                    "limits": rule.limits,
+                    "condition": rule.condition,
                 },
                 ensure_ascii=False,
                 indent=2,

@@ -12,11 +12,8 @@ How durable_rules 2.0.28 is driven, and why (each point measured on this project
   ``key``). The 2,000-drug generated rulebook: 2,400 rulesets registered in 8.5 s, packed 230 in
   4.6 s, at the same audit speed.
 * Memory is per rule, not per ruleset: each rule's beta node carries two 512-entry frame indexes
-  (``leftFrameIndex``/``rightFrameIndex`` in state.h), ≈7–14 KB a rule, and a list test costs
-  ≈4.7 KB per value (an indication of 183 codes: 0.9 MB). So a drug's regimens,
-  contraindications, routes and indication are data in its facts, compared by ~70 generic rules
-  (:mod:`rx_audit.rulebook.compile_checks`): the generated 2,000-monograph rulebook went from
-  74,416 rules and 1.12 GB inside durable to 3,661 rules and 63 MB.
+  (``leftFrameIndex``/``rightFrameIndex`` in state.h), ≈7–14 KB a rule (10,000 trivial rules:
+  70 MB). A rulebook's resident size follows its rule count — 76,153 rules ≈ 1.1 GB in durable.
 * The engine's C API directly (``durable_rules_engine``), not ``durable.engine.Host``: a Host
   starts two timer threads that poll every ruleset and may run our actions on their own thread
   (observed: ``post`` returning before its action ran), and ``Host.assert_facts`` raises

@@ -6,10 +6,6 @@ them into rulesets — per drug and per drug or class for pairs of items (then p
 rulesets, each rule starting with an equality on its drug or key), and global ones — each below
 the ~512 rule paths durable holds (see ``rx_audit.engine.durable``).
 
-A monograph's regimens, contraindications, routes and indication compile to *checks*
-(``compile_checks``): their limits are data the facts carry, compared by a fixed set of generic
-durable rules, because durable's memory grows with every rule it holds.
-
 Each compiled rule keeps what it needs to explain itself: id, category, severity, message,
 ``file:line``, the fact fields it read and the limit it compared against. For every field a rule
 needs but a prescription may lack, the compiler also writes the rule's *missing-data twin*: the
@@ -17,7 +13,7 @@ same gate with the field absent, which fires a ``completeness`` finding instead 
 
 Modules, in the order a rule file travels through them: ``yaml_lines`` (reading) → ``schema``
 (validation) → ``loader`` (orchestration) → ``compile_drug`` / ``compile_pairs`` /
-``compile_global`` / ``compile_checks`` (one per check family) on ``compiler`` and ``conditions`` → ``model`` (the
+``compile_global`` (one per check family) on ``compiler`` and ``conditions`` → ``model`` (the
 compiled :class:`Rulebook`); ``names`` (drug-name matching), ``dictionary`` (the drug
 dictionary), ``selftest`` (the examples written in the rule files).
 """

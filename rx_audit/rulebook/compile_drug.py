@@ -141,23 +141,37 @@ _DOSE_CHECKS = (
 def _forms_and_routes(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
     """Forms and routes (剂型与给药途径): checks of the generic rules (compile_checks)."""
     _, _, src = _scope(compiler, path, drug)
+    info_line = spec.drug.line_of("forms")
     groups = list(drug.forms)
-
-    def check(test: str, suffix: str, only: list[str] | None, message: str, evidence: tuple[str, ...],
-              allowed: list[str]) -> None:
-        builder = CheckBuilder(drug.id, None, only_forms=only)
-        builder.add(compiler, test, CompiledRule(
-            id=f"{drug.id}.route.{suffix}", category="route", severity="warning", message=message,
-            source=src(spec.drug.line_of("forms")), condition={}, evidence_fields=evidence,
-            limits={"allowed": allowed}, reference=drug.source, drug=drug.id,
-        ), values=allowed)
-        builder.build(compiler, compiler.checks)
-
-    check("form", "form", None, f"{{drug}}无此剂型：{{form}}（可用剂型：{'、'.join(groups)}）", ("form_group", "form"),
-          groups)
+    forms = CheckBuilder(drug.id, None)
+    forms.add(compiler, "form", CompiledRule(
+        id=f"{drug.id}.route.form",
+        category="route",
+        severity="warning",
+        message=f"{{drug}}无此剂型：{{form}}（可用剂型：{'、'.join(groups)}）",
+        source=src(info_line),
+        condition={},
+        evidence_fields=("form_group", "form"),
+        limits={"allowed": groups},
+        reference=drug.source,
+        drug=drug.id,
+    ), values=groups)
+    forms.build(compiler, compiler.checks)
     for group, routes in drug.forms.items():
-        check("route", group, [group], f"{{drug}}（{group}）给药途径 {{route}} 不适宜（可用：{'/'.join(routes)}）",
-              ("route", "form_group"), routes)
+        check = CheckBuilder(drug.id, None, only_forms=[group])
+        check.add(compiler, "route", CompiledRule(
+            id=f"{drug.id}.route.{group}",
+            category="route",
+            severity="warning",
+            message=f"{{drug}}（{group}）给药途径 {{route}} 不适宜（可用：{'/'.join(routes)}）",
+            source=src(info_line),
+            condition={},
+            evidence_fields=("route", "form_group"),
+            limits={"allowed": routes},
+            reference=drug.source,
+            drug=drug.id,
+        ), values=routes)
+        check.build(compiler, compiler.checks)
 
 
 def _contraindications(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
