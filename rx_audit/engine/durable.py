@@ -38,7 +38,7 @@ import durable_rules_engine as durable
 import orjson
 
 from rx_audit.errors import EngineError
-from rx_audit.rulebook import CHECK_RULESET, Rulebook
+from rx_audit.rulebook import Rulebook
 
 logger = logging.getLogger("rx_audit")
 
@@ -86,8 +86,11 @@ class Registered:
     def has(self, logical: str) -> bool:
         return logical in self.shards
 
-    def _slim(self, logical: str, facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The facts with only the fields the ruleset reads: durable parses every byte we send."""
+    def run(self, logical: str, facts: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """Assert ``facts`` into every shard of ``logical``; return (rule name, fact) fired; retract."""
+        fired: list[tuple[str, dict[str, Any]]] = []
+        # A fact carries only the fields its ruleset reads: durable parses every byte we send.
+        # Non-ASCII stays raw UTF-8: durable_rules compares the bytes and does not decode \u escapes.
         fields = self.fields[logical]
         slim = [{k: fact[k] for k in fields if k in fact} for fact in facts]
         for list_field in _FILTERED_LISTS:
@@ -98,14 +101,6 @@ class Registered:
                     values = fact.get(list_field, ())
                     kept = list(values) if wanted is None else [value for value in values if value in wanted]
                     fact[list_field] = [*kept, "-"]
-        return slim
-
-    def run(self, logical: str, facts: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-        """Assert ``facts`` into every shard of ``logical``; return (rule name, fact) fired; retract."""
-        fired: list[tuple[str, dict[str, Any]]] = []
-        # Non-ASCII stays raw UTF-8: durable_rules compares the bytes and does not decode \u escapes.
-        # Check facts are built field by field for the generic rules (facts._check_facts).
-        slim = facts if logical == CHECK_RULESET else self._slim(logical, facts)
         payload = orjson.dumps(slim).decode()
         for shard in self.shards[logical]:
             handle = self.handles[shard]

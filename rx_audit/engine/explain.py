@@ -55,9 +55,6 @@ def explain(
     fired = sorted(fired, key=lambda entry: order.get(entry[1].get("a_item"), 0))
     for rule_name, fact in fired:
         rule = rulebook.rules[rule_name]
-        if rule.data_key is not None:
-            # A generic check rule: the fact names the data rule (limit, message, file:line) it fired for.
-            rule = rulebook.rules[fact[rule.data_key]]
         if rule.scope == "pair":
             # Both orientations of a pair may fire a rule: report it once, on the later item. The
             # fact keeps the orientation it fired in: {a} is the drug of the rule's first selector,

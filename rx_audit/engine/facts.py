@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rx_audit.engine.resolve import ResolvedItem, ResolvedPrescription
-from rx_audit.rulebook import CHECK_RULESET, PATIENT_FIELDS, Check, Drug, Rulebook
-from rx_audit.rulebook.compile_checks import CO_SLOTS, DX_SLOTS, SLOT_PAD
+from rx_audit.rulebook import Drug, Rulebook
 from rx_audit.rulebook.compile_classes import ATC_KEY, CLASS_RULESET, INGREDIENT_KEY
 
 _FACT_NUMBERS = itertools.count(1)
@@ -245,36 +244,6 @@ def _atc_facts(rulebook: Rulebook, number: int, known: list[tuple[dict[str, Any]
     return out
 
 
-def _check_facts(item_fact: dict[str, Any], checks: list[Check], tokens: list[str], co: list[str]
-                 ) -> list[dict[str, Any]]:
-    """One fact per check of the item's drug: the item and patient, the check's data, and the
-    patient's value of each field the check bounds (rulebook.compile_checks: the gate normalised)."""
-    base = {key: item_fact[key] for key in PATIENT_FIELDS if key in item_fact}
-    overflow = len(tokens) > DX_SLOTS or len(co) > CO_SLOTS
-    out = []
-    for check in checks:
-        if "overflow" in check.static and overflow:
-            # Diagnoses that do not fit the slots are said, never guessed: only the overflow
-            # finding can fire for this check.
-            out.append({**base, "r_overflow": check.static["overflow"]})
-            continue
-        fact = {**base, **check.static}
-        for gate_field, patient_field in check.bounded:
-            if patient_field in item_fact:
-                fact[gate_field] = item_fact[patient_field]
-        if "overflow" in fact:
-            _slots(fact, tokens, co)
-        out.append(fact)
-    return out
-
-
-def _slots(fact: dict[str, Any], tokens: list[str], co: list[str]) -> None:
-    """The diagnosis tokens and other items' keys a check compares, one per field."""
-    for prefix, values, count in (("x", tokens, DX_SLOTS), ("c", co, CO_SLOTS)):
-        for slot in range(count):
-            fact[f"{prefix}{slot}"] = values[slot] if slot < len(values) else SLOT_PAD
-
-
 def intravenous_as_one(routes: list[str]) -> list[str]:
     """The dictionary's routes, push and drip taken as one: its entries do not tell 静推 from 静滴
     reliably (a monograph does, e.g. potassium chloride never pushed), so a dictionary drug given by
@@ -306,7 +275,6 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
     # Drug rulesets also read diagnoses and allergies; the global ruleset never does.
     clinical = {**common, "dx": list(resolved.dx_tokens), "allergies": sorted(resolved.allergy_ids)}
     known: list[tuple[dict[str, Any], Drug]] = []
-    tokens = [token for token in resolved.dx_tokens if token in rulebook.dx_vocabulary]
     keys_of = [rulebook.pair_keys[item.drug.id] if item.drug is not None else [] for item in resolved.items]
     for position, item in enumerate(resolved.items):
         fact = _item_fact(item, common.get("weight"), rulebook)
@@ -315,11 +283,7 @@ def facts_for(resolved: ResolvedPrescription, rulebook: Rulebook) -> Facts:
             if item.drug.monograph:
                 # The other items' drugs and classes, for rules that depend on what else is prescribed.
                 others = [key for other, keys in enumerate(keys_of) if other != position for key in keys]
-                drug_fact = {**clinical, **fact, "co": others}
-                batches[rulebook.ruleset_for(f"drug:{item.drug.id}")].append(drug_fact)
-                if item.drug.id in rulebook.checks:
-                    co = [key for key in others if key in rulebook.indication_by]
-                    batches[CHECK_RULESET].extend(_check_facts(drug_fact, rulebook.checks[item.drug.id], tokens, co))
+                batches[rulebook.ruleset_for(f"drug:{item.drug.id}")].append({**clinical, **fact, "co": others})
             # The class rules (allergy and population by class, 长期处方 exclusions) read the drug's
             # classes, control classes and allergy classes.
             classes = [*item.drug.classes, *item.drug.dictionary_classes,

@@ -19,19 +19,15 @@ dictionary), ``selftest`` (the examples written in the rule files).
 """
 
 from rx_audit.contract import SEVERITY_RANK
-from rx_audit.rulebook.compile_checks import CHECK_RULESET, PATIENT_FIELDS
 from rx_audit.rulebook.loader import load_rulebook, rulebook_hash
-from rx_audit.rulebook.model import Check, CompiledRule, Drug, Rulebook, RuleExample
+from rx_audit.rulebook.model import CompiledRule, Drug, Rulebook, RuleExample
 from rx_audit.rulebook.names import normalise_name
 from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, load_yaml, strip_lines
 
 __all__ = [
-    "CHECK_RULESET",
     "LINES_KEY",
     "LINE_KEY",
-    "PATIENT_FIELDS",
     "SEVERITY_RANK",
-    "Check",
     "CompiledRule",
     "Drug",
     "RuleExample",

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from rx_audit.contract import SEVERITY_RANK
-from rx_audit.rulebook.compile_checks import CheckBuilder, indication_check
 from rx_audit.rulebook.compiler import ITEM_PLACEHOLDERS, Compiler, icd_errors
-from rx_audit.rulebook.conditions import Gate, all_of, cmp, eq, gate_of, indicated_keys, list_has
+from rx_audit.rulebook.conditions import Gate, all_of, cmp, eq, gate_of, indicated_keys, list_has, list_lacks, none_of
 from rx_audit.rulebook.model import CompiledRule, Drug
 from rx_audit.rulebook.schema import AllergyClassSpec, DrugFile, Limit, SeverityName
 
@@ -37,59 +36,62 @@ def _scope(compiler: Compiler, path: Path, drug: Drug) -> tuple[str, dict[str, A
 
 def _indication(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
     """Indication (适应证): fires when no diagnosis is under any listed code, exclusions removed first."""
-    _, _, src = _scope(compiler, path, drug)
+    ruleset, base, src = _scope(compiler, path, drug)
     if spec.indication is not None:
         indication = spec.indication
         bad = icd_errors(indication.codes + indication.exclude)
         if bad:
             compiler.error(f"indication: not ICD-10 codes: {bad}", path, indication.line_of("codes"))
         compiler.check_message(indication.message, ITEM_PLACEHOLDERS, path, indication.line)
-        # dx holds every prefix of every diagnosis code, so "no diagnosis is indicated" is "none of
-        # the tokens is a code"; exclusions were folded into the code list here. Another item of
-        # the prescription may indicate it (a PPI beside an antiplatelet: also_by).
         codes = indicated_keys(indication.codes, indication.exclude)
+        # dx holds every prefix of every diagnosis code, so "no diagnosis is indicated" is an
+        # allItems test; exclusions were folded into the code list at compile time.
+        not_indicated = list_lacks("dx", codes)
+        # Another item of the prescription that indicates it (a PPI beside an antiplatelet).
+        not_co_prescribed = [list_lacks("co", [selector.key for selector in indication.also_by])] \
+            if indication.also_by else []
         rule = CompiledRule(
             id=f"{drug.id}.indication",
             category="indication",
             severity=indication.severity,
             message=indication.message,
             source=src(indication.line),
-            condition={},
+            condition=all_of(base, cmp("$gt", "dx_count", 0), not_indicated, *not_co_prescribed),
             evidence_fields=("dx",),
             limits={"codes": indication.codes, "exclude": indication.exclude},
             reference=indication.source,
             drug=drug.id,
         )
-        # As data: a code list costs durable ≈ 4.7 KB per code in every rule (31 codes on average,
-        # 183 at most: 276 MB for the generated rulebook's 1,911 indications); one generic rule
-        # holds them all.
-        indication_check(compiler, drug.id, rule, codes, [selector.key for selector in indication.also_by],
-                         compiler.checks)
+        compiler.add(ruleset, rule)
 
 
 def _regimens(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
-    """Dose regimens (用法用量): per dose, per day, per kg, frequency; each with its missing-data twins.
-
-    A regimen whose gate can be data is a :class:`~rx_audit.rulebook.compile_checks.Check` (its
-    limits compared by the generic rules).
-    """
-    _, _, src = _scope(compiler, path, drug)
+    """Dose regimens (用法用量): per dose, per day, per kg, frequency; each with its missing-data twins."""
+    ruleset, base, src = _scope(compiler, path, drug)
     seen_regimens: set[str] = set()
     for regimen in spec.dose:
         if regimen.id in seen_regimens:
             compiler.error(f"duplicate regimen id {regimen.id}", path, regimen.line)
         seen_regimens.add(regimen.id)
-        gate_fields = gate_of(regimen.when).fields()
-        builder = CheckBuilder(drug.id, regimen.when)
+        gate = gate_of(regimen.when)
+        gate.tests = {"drug": [base], **gate.tests}
         label = regimen.id
         if regimen.message:
             compiler.check_message(regimen.message, ITEM_PLACEHOLDERS, path, regimen.line)
-        for key, fact_field, label_zh in _DOSE_CHECKS:
+        checks = (
+            ("per_dose", "dose", "单次剂量"),
+            ("per_day", "daily", "日剂量"),
+            ("per_dose_per_kg", "dose_per_kg", "单次剂量(按体重)"),
+            ("per_day_per_kg", "daily_per_kg", "日剂量(按体重)"),
+        )
+        for key, fact_field, label_zh in checks:
             limit: Limit | None = getattr(regimen, key)
             if limit is None:
                 continue
             unit = drug.unit + ("/kg" if key.endswith("per_kg") else "")
-            for bound, word in (("max", "超过"), ("min", "低于")):
+            needs = {"dose": ["dose"], "daily": ["daily"], "dose_per_kg": ["dose", "weight"],
+                     "daily_per_kg": ["daily", "weight"]}[fact_field]
+            for bound, op, word in (("max", "$gt", "超过"), ("min", "$lt", "低于")):
                 value = getattr(limit, bound)
                 if value is None:
                     continue
@@ -103,12 +105,16 @@ def _regimens(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> Non
                     f"{{limit}}{unit}（{label}）",
                     source=src(regimen.line_of(key)),
                     condition={},
-                    evidence_fields=(fact_field, *gate_fields),
+                    evidence_fields=(fact_field, *(name for name in gate.fields() if name != "drug")),
                     limits={"limit": value, "unit": unit, "regimen": label, "value_field": fact_field},
                     reference=regimen.source,
                     drug=drug.id,
                 )
-                builder.add(compiler, f"{key}_{bound}", rule, limit=value)
+                # Every needed field is listed so each gets its missing-data twin; only the
+                # first carries the comparison (dose_per_kg exists only when weight does).
+                tests: dict[str, list[dict[str, Any]]] = {need: [] for need in needs}
+                tests[needs[0]] = [cmp(op, fact_field, value)]
+                compiler.add_with_twins(ruleset, rule, gate, tests)
         if regimen.frequencies:
             capped: SeverityName = "warning" if SEVERITY_RANK[regimen.severity] > SEVERITY_RANK["warning"] \
                 else regimen.severity
@@ -121,62 +127,59 @@ def _regimens(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> Non
                 or f"{{drug}}用药频次 {{freq}} 不适宜（{label}可用：{'/'.join(regimen.frequencies)}）",
                 source=src(regimen.line_of("frequencies")),
                 condition={},
-                evidence_fields=("freq", *gate_fields),
+                evidence_fields=("freq", *(name for name in gate.fields() if name != "drug")),
                 limits={"allowed": regimen.frequencies, "regimen": label},
                 reference=regimen.source,
                 drug=drug.id,
             )
-            builder.add(compiler, "freq", rule, values=regimen.frequencies)
-        builder.build(compiler, compiler.checks)
-
-
-_DOSE_CHECKS = (
-    ("per_dose", "dose", "单次剂量"),
-    ("per_day", "daily", "日剂量"),
-    ("per_dose_per_kg", "dose_per_kg", "单次剂量(按体重)"),
-    ("per_day_per_kg", "daily_per_kg", "日剂量(按体重)"),
-)
+            compiler.add_with_twins(ruleset, rule, gate, {"freq": [none_of("freq", regimen.frequencies)]})
 
 
 def _forms_and_routes(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
-    """Forms and routes (剂型与给药途径): checks of the generic rules (compile_checks)."""
-    _, _, src = _scope(compiler, path, drug)
+    """Forms and routes (剂型与给药途径)."""
+    ruleset, base, src = _scope(compiler, path, drug)
     info_line = spec.drug.line_of("forms")
     groups = list(drug.forms)
-    forms = CheckBuilder(drug.id, None)
-    forms.add(compiler, "form", CompiledRule(
-        id=f"{drug.id}.route.form",
-        category="route",
-        severity="warning",
-        message=f"{{drug}}无此剂型：{{form}}（可用剂型：{'、'.join(groups)}）",
-        source=src(info_line),
-        condition={},
-        evidence_fields=("form_group", "form"),
-        limits={"allowed": groups},
-        reference=drug.source,
-        drug=drug.id,
-    ), values=groups)
-    forms.build(compiler, compiler.checks)
-    for group, routes in drug.forms.items():
-        check = CheckBuilder(drug.id, None, only_forms=[group])
-        check.add(compiler, "route", CompiledRule(
-            id=f"{drug.id}.route.{group}",
+    compiler.add_with_twins(
+        ruleset,
+        CompiledRule(
+            id=f"{drug.id}.route.form",
             category="route",
             severity="warning",
-            message=f"{{drug}}（{group}）给药途径 {{route}} 不适宜（可用：{'/'.join(routes)}）",
+            message=f"{{drug}}无此剂型：{{form}}（可用剂型：{'、'.join(groups)}）",
             source=src(info_line),
             condition={},
-            evidence_fields=("route", "form_group"),
-            limits={"allowed": routes},
+            evidence_fields=("form_group", "form"),
+            limits={"allowed": groups},
             reference=drug.source,
             drug=drug.id,
-        ), values=routes)
-        check.build(compiler, compiler.checks)
+        ),
+        Gate({"drug": [base]}),
+        {"form_group": [none_of("form_group", groups)]},
+    )
+    for group, routes in drug.forms.items():
+        compiler.add_with_twins(
+            ruleset,
+            CompiledRule(
+                id=f"{drug.id}.route.{group}",
+                category="route",
+                severity="warning",
+                message=f"{{drug}}（{group}）给药途径 {{route}} 不适宜（可用：{'/'.join(routes)}）",
+                source=src(info_line),
+                condition={},
+                evidence_fields=("route", "form_group"),
+                limits={"allowed": routes},
+                reference=drug.source,
+                drug=drug.id,
+            ),
+            Gate({"drug": [base], "form_group": [eq("form_group", group)]}),
+            {"route": [none_of("route", routes)]},
+        )
 
 
 def _contraindications(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:
     """Contraindications (禁忌): every condition under `when` holds."""
-    _, _, src = _scope(compiler, path, drug)
+    ruleset, base, src = _scope(compiler, path, drug)
     seen_contra: set[str] = set()
     for contra in spec.contraindications:
         if contra.id in seen_contra:
@@ -188,6 +191,7 @@ def _contraindications(compiler: Compiler, spec: DrugFile, path: Path, drug: Dru
             if bad:
                 compiler.error(f"contraindication {contra.id}: not ICD-10 codes: {bad}", path, contra.when.line)
         gate = gate_of(contra.when)
+        gate.tests = {"drug": [base], **gate.tests}
         if contra.when.pregnant or contra.when.lactating:
             gate.add("sex", eq("sex", "F"))
         limits: dict[str, Any] = {}
@@ -204,14 +208,12 @@ def _contraindications(compiler: Compiler, spec: DrugFile, path: Path, drug: Dru
             message=contra.message,
             source=src(contra.line),
             condition={},
-            evidence_fields=tuple(gate.fields()),
+            evidence_fields=tuple(name for name in gate.fields() if name != "drug"),
             limits=limits,
             reference=contra.source,
             drug=drug.id,
         )
-        check = CheckBuilder(drug.id, contra.when, female=bool(contra.when.pregnant or contra.when.lactating))
-        check.add(compiler, "contra", rule)
-        check.build(compiler, compiler.checks)
+        compiler.add_with_twins(ruleset, rule, gate, {})
 
 
 def _allergy(compiler: Compiler, spec: DrugFile, path: Path, drug: Drug) -> None:

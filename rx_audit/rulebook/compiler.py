@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from rx_audit.errors import RulebookError
 from rx_audit.rulebook.conditions import FIELD_LABELS_ZH, TWIN_FIELDS, Gate, absent, all_of, cmp, eq
 from rx_audit.rulebook.limits import MAX_RULES_PER_RULESET
-from rx_audit.rulebook.model import Check, CompiledRule
+from rx_audit.rulebook.model import CompiledRule
 from rx_audit.rulebook.yaml_lines import LINE_KEY, LINES_KEY, line_of
 
 
@@ -27,9 +27,6 @@ class Compiler:
         self.rulesets: dict[str, list[str]] = defaultdict(list)
         self.rule_ids: dict[str, str] = {}  # id -> source, for duplicate-id errors
         self.twins: dict[tuple[str, str, str], str] = {}  # (ruleset, field, condition json) -> rule name
-        # drug id -> its checks whose limits travel as data (compile_checks)
-        self.checks: dict[str, list[Check]] = {}
-        self.overflows: dict[str, str] = {}  # drug id -> its "diagnoses not checked" data rule
         self._relative: dict[Path, str] = {}
 
     # where things are
@@ -74,15 +71,6 @@ class Compiler:
         name = f"r{len(self.rules)}"
         self.rules[name] = rule
         self.rulesets[ruleset].append(name)
-        return name
-
-    def add_data(self, rule: CompiledRule) -> str:
-        """Register a rule whose limits are data of a check: explained like any rule, never given
-        to durable_rules itself (a generic rule of the check ruleset fires for it)."""
-        name = self.add("", rule)
-        self.rulesets[""].pop()
-        if not self.rulesets[""]:
-            del self.rulesets[""]
         return name
 
     def add_with_twins(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rx_audit.errors import RulebookError, RulebookErrors
-from rx_audit.rulebook.compile_checks import CHECK_RULESET, generic_rules
 from rx_audit.rulebook.compile_classes import compile_atc_duplicates, compile_class_rules, compile_population_rules
 from rx_audit.rulebook.compile_drug import compile_drug
 from rx_audit.rulebook.compile_global import compile_global_rules
@@ -357,9 +356,6 @@ def load_rulebook(root: str | Path) -> Rulebook:
             examples.extend(example_of(example, compiler.where(path, example.line), f"{kind}-{entry.id}-{number}")
                             for number, example in enumerate(entry.examples, start=1))
 
-    if compiler.checks:
-        for rule in generic_rules():
-            compiler.add(CHECK_RULESET, rule, variant=True)
     _check_durable_limits(compiler)
     if compiler.errors:
         raise RulebookErrors(compiler.errors)
@@ -387,5 +383,4 @@ def load_rulebook(root: str | Path) -> Rulebook:
         pair_partners={key: frozenset(value) for key, value in partners.items()},
         formularies=formularies,
         packed=packed,
-        checks=compiler.checks,
     )

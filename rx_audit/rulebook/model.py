@@ -33,8 +33,6 @@ class CompiledRule:
     missing_field: str | None = None
     covers: tuple[str, ...] = ()
     scope: Literal["item", "pair", "prescription"] = "item"
-    # A generic rule of the check ruleset: the fact field naming the data rule it fired for.
-    data_key: str | None = None
     placeholders: frozenset[str] = field(default=frozenset(), init=False)
 
     def __post_init__(self) -> None:
@@ -68,15 +66,6 @@ def _placeholders(message: str) -> frozenset[str]:
         return frozenset(name for _, name, _, _ in string.Formatter().parse(message) if name)
     except ValueError:
         return frozenset()
-
-
-@dataclass
-class Check:
-    """One regimen, contraindication or route check of a drug, as the data its facts carry
-    (rulebook.compile_checks)."""
-
-    static: dict[str, Any]  # bounds, allowed values, data rule names: the same in every fact of it
-    bounded: tuple[tuple[str, str], ...]  # (q_<gate> field, the patient's field it copies)
 
 
 @dataclass
@@ -151,8 +140,6 @@ class Rulebook:
     formularies: dict[str, Formulary] = field(default_factory=dict)  # facility id -> its formulary
     # logical ruleset ("drug:…", "pair:…") -> the shared ruleset its rules were packed into
     packed: dict[str, str] = field(default_factory=dict)
-    # drug id -> its regimen, contraindication and route checks as data (rulebook.compile_checks)
-    checks: dict[str, list[Check]] = field(default_factory=dict)
 
     pair_keys: dict[str, list[str]] = field(default_factory=dict)  # drug id -> [id, "class:…"]
     _lookups: dict[tuple[str, str | None], Drug | None] = field(default_factory=dict, repr=False)
@@ -170,11 +157,6 @@ class Rulebook:
                 groups = tuple(dict.fromkeys(code[:5] for code in drug.atc if atc_group_compared(code, policy)))
                 if groups:
                     self.atc_groups[drug.id] = groups
-        # Diagnosis tokens and other items' keys some check names: all a check fact need carry.
-        self.dx_vocabulary = frozenset(code for checks in self.checks.values() for check in checks
-                                       for key in ("i_codes", "g_dx", "g_ndx") for code in check.static.get(key, ()))
-        self.indication_by = frozenset(key for checks in self.checks.values() for check in checks
-                                       for key in check.static.get("i_by", ()))
         # drug id -> the facilities whose formulary lists it (what an item's fact carries)
         self.in_formularies: dict[str, list[str]] = {}
         for formulary in self.formularies.values():
@@ -203,8 +185,7 @@ class Rulebook:
         return drug
 
     def rules_by_id(self) -> dict[str, CompiledRule]:
-        """Every rule a finding may name (the generic check rules only stand for them)."""
-        return {rule.id: rule for rule in self.rules.values() if rule.data_key is None}
+        return {rule.id: rule for rule in self.rules.values()}
 
     def ruleset_for(self, logical: str) -> str:
         """The ruleset a fact meant for ``logical`` ("drug:metformin", "pair:class:statin") goes to."""
