@@ -291,6 +291,14 @@ def _group(
     )
 
 
+def _ranked(groups: list[GroupStatistics], dimension: Dimension, top: int | None) -> list[GroupStatistics]:
+    """Days in order, else the largest first (``top`` of them)."""
+    if dimension == "day":
+        return sorted(groups, key=lambda g: g.key)
+    groups.sort(key=lambda g: (-(g.prescriptions or 0), -g.items, g.key))
+    return groups[:top] if top else groups
+
+
 def _groups(
     session: Session, dimension: Dimension, question: _Question, top: int | None = None
 ) -> list[GroupStatistics]:
@@ -304,10 +312,7 @@ def _groups(
                times.get(key, []))
         for key in audits.keys() | items.keys()
     ]  # fmt: skip
-    if dimension == "day":
-        return sorted(groups, key=lambda g: g.key)
-    groups.sort(key=lambda g: (-(g.prescriptions or 0), -g.items, g.key))
-    return groups[:top] if top else groups
+    return _ranked(groups, dimension, top)
 
 
 # --- every dimension at once (the statistics page): one audit scan, one item fetch --------------------
@@ -417,10 +422,7 @@ def _groups_of(figures: _Figures, dimension: Dimension, top: int | None = None) 
                times.get(key, []))
         for key in audits.keys() | items.keys()
     ]  # fmt: skip
-    if dimension == "day":
-        return sorted(groups, key=lambda g: g.key)
-    groups.sort(key=lambda g: (-(g.prescriptions or 0), -g.items, g.key))
-    return groups[:top] if top else groups
+    return _ranked(groups, dimension, top)
 
 
 def _period(column: Any, day_from: str | None, day_to: str | None) -> list[Any]:
