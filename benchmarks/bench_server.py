@@ -22,24 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from conftest import percentile, realistic_mix
 
 from rx_audit import Auditor, ReviewQueue, migrate
 from rx_audit.server.auth import key_entry
+from tests.server.process_support import environment, serving
 
-RX_AUDIT = str(Path(sys.executable).with_name("rx-audit"))
 KEY = "rxk_bench-key-0123456789abcdef0123456789abcdef"
 LEVELS = [1, 4, 16, 64, 256]
 WORKERS = os.environ.get("RX_BENCH_WORKERS", "2")  # 1: no second process contending for SQLite's write lock
@@ -48,12 +43,6 @@ WARMUP = 300
 IN_PROCESS = 2000
 TARGET_RATE, TARGET_P99_MS = 1000.0, 25.0
 _RESULTS: dict[str, Any] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _session_cpu(session: int) -> float:
@@ -87,36 +76,12 @@ def service(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     migrate(db)
     keys = folder / "keys.toml"
     keys.write_text(key_entry("bench", KEY, ["LZH"]), encoding="utf-8")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RX_AUDIT_")}
+    env = environment()
     if os.environ.get("RX_BENCH_AUDIT_THREADS"):  # audits stored at once per worker (default: the service's)
         env["RX_AUDIT_AUDIT_THREADS"] = os.environ["RX_BENCH_AUDIT_THREADS"]
-    log = open(folder / "serve.log", "w", encoding="utf-8")  # noqa: SIM115
-    process = subprocess.Popen(
-        [RX_AUDIT, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", WORKERS, "--rules",
-         str(snapshot_dir), "--db", db, "--keys", str(keys), "--rate", "100000000"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_all_cpus,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, (folder / "serve.log").read_text(encoding="utf-8")
-        time.sleep(0.5)
-    try:
-        yield base, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+    with serving(["--workers", WORKERS, "--rules", str(snapshot_dir), "--db", db, "--keys", str(keys),
+                  "--rate", "100000000"], folder / "serve.log", env=env, preexec_fn=_all_cpus) as served:
+        yield served.base, served.process.pid
 
 
 async def _drive(base: str, records: list[dict[str, Any]], concurrency: int, session: int = 0) -> dict[str, Any]:

@@ -68,13 +68,15 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], log: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> Served:
-    """Start ``rx-audit serve --host 127.0.0.1 --port P *args`` and wait until /readyz answers 200."""
+def start(args: list[str], log: Path, *, port: int | None = None, env: dict[str, str] | None = None,
+          preexec_fn: Callable[[], Any] | None = None) -> Served:
+    """Start ``rx-audit serve --host 127.0.0.1 --port P *args`` and wait until /readyz answers 200
+    (``preexec_fn`` runs in the child before it starts: the benchmark unpins its CPU)."""
     port = port or free_port()
     handle = open(log, "a", encoding="utf-8")  # noqa: SIM115 (the child writes it while it runs)
     process = subprocess.Popen([RX_AUDIT, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
                                stdout=handle, stderr=subprocess.STDOUT, env=env or environment(),
-                               start_new_session=True)  # fmt: skip
+                               start_new_session=True, preexec_fn=preexec_fn)  # fmt: skip
     handle.close()
     served = Served(f"http://127.0.0.1:{port}", process, log, port)
     try:
