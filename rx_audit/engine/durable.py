@@ -28,7 +28,6 @@ How durable_rules 2.0.28 is driven, and why (each point measured on this project
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 from collections import defaultdict
@@ -39,6 +38,7 @@ import orjson
 
 from rx_audit.errors import EngineError
 from rx_audit.rulebook import Rulebook
+from rx_audit.rulebook.gc_pause import paused_gc
 
 logger = logging.getLogger("rx_audit")
 
@@ -59,13 +59,14 @@ class Registered:
         self.handles: dict[str, int] = {}
         self.shards: dict[str, list[str]] = defaultdict(list)
         self.closed = False
-        self.fields = {name: tuple(sorted(fields)) for name, fields in rulebook.fields_read().items()}
-        self.lists = {name: rulebook.list_vocabulary(name) for name in _FILTERED_LISTS}
-        definitions = rulebook.ruleset_definitions()
-        with DURABLE_LOCK:
-            for name, definition in definitions.items():
-                self.handles[name] = self._create(name, json.dumps(definition, ensure_ascii=False))
-                self.shards[name.split("#", 1)[0]].append(name)
+        with paused_gc():
+            self.fields = {name: tuple(sorted(fields)) for name, fields in rulebook.fields_read().items()}
+            self.lists = {name: rulebook.list_vocabulary(name) for name in _FILTERED_LISTS}
+            definitions = rulebook.ruleset_definitions()
+            with DURABLE_LOCK:
+                for name, definition in definitions.items():
+                    self.handles[name] = self._create(name, orjson.dumps(definition).decode())
+                    self.shards[name.split("#", 1)[0]].append(name)
 
     def _create(self, name: str, payload: str) -> int:
         """Register one ruleset, retrying under a fresh name when durable_rules refuses it.

@@ -24,6 +24,7 @@ from rx_audit.rulebook.compiler import Compiler, shard
 from rx_audit.rulebook.conditions import branches
 from rx_audit.rulebook.dictionary import load_dictionary
 from rx_audit.rulebook.formulary import FORMULARY_DIR, load_formularies
+from rx_audit.rulebook.gc_pause import paused_gc
 from rx_audit.rulebook.limits import MAX_BRANCHES_PER_RULE, MAX_LIST_TESTS_PER_FACT, MAX_RULES_PER_RULESET
 from rx_audit.rulebook.model import Drug, Rulebook, RuleExample
 from rx_audit.rulebook.names import normalise_name
@@ -322,7 +323,11 @@ def _pack(compiler: Compiler, prefix: str, field_name: str) -> dict[str, str]:
 
 def load_rulebook(root: str | Path) -> Rulebook:
     """Load, validate and compile every rule file under ``root``; raise every error at once."""
-    root = Path(root)
+    with paused_gc():
+        return _load_rulebook(Path(root))
+
+
+def _load_rulebook(root: Path) -> Rulebook:
     if not root.is_dir():
         raise RulebookError("rulebook folder not found", root)
     compiler = Compiler(root)

@@ -193,31 +193,44 @@ class Rulebook:
 
     def fields_read(self) -> dict[str, frozenset[str]]:
         """Per logical ruleset, the fact fields its rules compare or show: all a fact needs to carry."""
-        fields: dict[str, set[str]] = defaultdict(lambda: set(_ALWAYS_CARRIED))
-        for name, rule_names in self.rulesets.items():
-            logical = name.split("#", 1)[0]
-            for rule_name in rule_names:
-                rule = self.rules[rule_name]
-                fields[logical].update(_condition_fields(rule.condition))
-                fields[logical].update(rule.evidence_fields)
-        return {name: frozenset(value) for name, value in fields.items()}
+        return self._reads()[0]
 
     def list_vocabulary(self, list_field: str) -> dict[str, frozenset[str] | None]:
         """Per logical ruleset, the values its rules look for in a list field (``dx``, ``allergies``).
 
         A fact need carry no other values: they cannot change any test of that ruleset, and
-        durable_rules' cost grows with every list entry it walks.
+        durable_rules' cost grows with every list entry it walks. ``None``: a rule compares the
+        list with a field of the fact, so every value may matter.
         """
-        found: dict[str, set[str]] = defaultdict(set)
-        dynamic: set[str] = set()
+        fields, vocabulary = self._reads()
+        found = vocabulary.get(list_field, {})
+        return {logical: found.get(logical, frozenset()) for logical in fields}
+
+    def _reads(self) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, frozenset[str] | None]]]:
+        """One walk over every condition for both of the above (computed once per rulebook).
+
+        Measured on the generated 2,000-drug rulebook: one walk per list field and another for the
+        fields were 3.6 of the 7.4 s durable's registration took under a profiler."""
+        cached = self.__dict__.get("_reads_cache")
+        if cached is not None:
+            return cached
+        fields: dict[str, set[str]] = defaultdict(lambda: set(_ALWAYS_CARRIED))
+        values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         for name, rule_names in self.rulesets.items():
             logical = name.split("#", 1)[0]
+            read, lists = fields[logical], values[logical]
             for rule_name in rule_names:
-                values = _list_values(self.rules[rule_name].condition, list_field)
-                found[logical].update(value for value in values if value != _DYNAMIC)
-                if _DYNAMIC in values:
-                    dynamic.add(logical)  # compared with a field of the fact: every value may matter
-        return {name: None if name in dynamic else frozenset(values) for name, values in found.items()}
+                rule = self.rules[rule_name]
+                _walk(rule.condition, read, lists)
+                read.update(rule.evidence_fields)
+        vocabulary: dict[str, dict[str, frozenset[str] | None]] = defaultdict(dict)
+        for logical, lists in values.items():
+            for list_field, found in lists.items():
+                # Compared with a field of the fact: every value may matter.
+                vocabulary[list_field][logical] = None if _DYNAMIC in found else frozenset(found)
+        result = ({name: frozenset(value) for name, value in fields.items()}, dict(vocabulary))
+        self.__dict__["_reads_cache"] = result
+        return result
 
     def ruleset_definitions(self) -> dict[str, dict[str, Any]]:
         """The JSON definitions handed to durable_rules, one per (sharded) ruleset."""
@@ -229,21 +242,6 @@ class Rulebook:
 
 # Identity of a fact: never dropped, so two equal items of one prescription stay two facts.
 _ALWAYS_CARRIED = ("t", "n", "item", "a_item", "b_item", "drug", "a_drug", "b_drug")
-
-
-def _list_values(condition: Any, list_field: str) -> set[str]:
-    """The ``$i`` values a condition compares a list field's items with."""
-    found: set[str] = set()
-    if isinstance(condition, list):
-        for part in condition:
-            found |= _list_values(part, list_field)
-    elif isinstance(condition, dict):
-        for key, value in condition.items():
-            if key in ("$iany", "$iall") and isinstance(value, dict) and list_field in value:
-                found |= _item_values(value[list_field])
-            elif isinstance(value, (dict, list)):
-                found |= _list_values(value, list_field)
-    return found
 
 
 _DYNAMIC = "\0dynamic"
@@ -261,21 +259,25 @@ def _item_values(test: Any) -> set[str]:
     return set()
 
 
-def _condition_fields(condition: Any) -> set[str]:
-    """The fact fields a durable_rules condition reads."""
-    found: set[str] = set()
+def _walk(condition: Any, read: set[str], lists: dict[str, set[str]]) -> None:
+    """Add the fact fields a durable_rules condition reads to ``read``, and the ``$i`` values its
+    list tests compare each list field's items with to ``lists[field]``."""
     if isinstance(condition, list):
         for part in condition:
-            found |= _condition_fields(part)
-    elif isinstance(condition, dict):
-        for key, value in condition.items():
-            if key in ("$and", "$or"):
-                found |= _condition_fields(value)
-            elif key.startswith("$"):
-                if isinstance(value, dict):
-                    found.update(name for name in value if not name.startswith("$"))
-            else:
-                found.add(key)
-    return found
-
-
+            _walk(part, read, lists)
+        return
+    if not isinstance(condition, dict):
+        return
+    for key, value in condition.items():
+        if key in ("$and", "$or"):
+            _walk(value, read, lists)
+        elif key in ("$iany", "$iall") and isinstance(value, dict):
+            for list_field, test in value.items():
+                if not list_field.startswith("$"):
+                    read.add(list_field)
+                    lists[list_field].update(_item_values(test))
+        elif key.startswith("$"):
+            if isinstance(value, dict):
+                read.update(name for name in value if not name.startswith("$"))
+        else:
+            read.add(key)
