@@ -11,9 +11,19 @@ How durable_rules 2.0.28 is driven, and why (each point measured on this project
   ones below the ~512-path limit (every rule of them starts with an equality on ``drug`` or
   ``key``). The 2,000-drug generated rulebook: 2,400 rulesets registered in 8.5 s, packed 230 in
   4.6 s, at the same audit speed.
-* Memory is per rule, not per ruleset: each rule's beta node carries two 512-entry frame indexes
-  (``leftFrameIndex``/``rightFrameIndex`` in state.h), ≈7–14 KB a rule (10,000 trivial rules:
-  70 MB). A rulebook's resident size follows its rule count — 76,153 rules ≈ 1.1 GB in durable.
+* Memory is per rule, not per ruleset: ≈7–14 KB a rule (10,000 trivial rules: 70 MB; the alpha
+  nodes' 512-slot hash tables are the bulk — a build with smaller frame indexes changed nothing)
+  and ≈4.7 KB per value of a list test. A rulebook's resident size follows its rule count — the
+  generated 2,000-drug rulebook's 74,416 rules ≈ 1.1 GB in durable.
+* Time is per fact and per field: ≈2.5 µs a fact plus ≈0.18 µs a field (asserted and retracted;
+  facts of 9 to 69 fields), whatever the ruleset's size once its rules begin with an equality.
+  This is why a drug's limits stay in its own rules, constants inside them, and the item's one
+  fact carries only the patient's values: limits as data (one small fact per check, compared by
+  generic rules) cut durable's memory to a tenth but sent ~13 facts per prescription where one
+  did — 0.31× the audit speed normalising every gate, 0.60× with generic rules per gate shape and
+  a drug's checks of one shape in one fact (branches ``checks-as-data``,
+  ``checks-as-data-shapes``; benchmarks/README.md). The replay and HTTP throughput targets
+  decided it.
 * The engine's C API directly (``durable_rules_engine``), not ``durable.engine.Host``: a Host
   starts two timer threads that poll every ruleset and may run our actions on their own thread
   (observed: ``post`` returning before its action ran), and ``Host.assert_facts`` raises
