@@ -222,3 +222,25 @@ def test_parse_cache_off_writes_nothing(book, tmp_path, monkeypatch):
     monkeypatch.setenv("RX_AUDIT_CACHE_DIR", "off")
     load_rulebook(book)
     assert not (tmp_path / "home").exists() and not (tmp_path / "xdg").exists()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_leaves_the_garbage_collector_as_the_host_had_it(book, enabled):
+    """Compiling pauses the cyclic collector (rulebook.gc_pause); an HIS that imports the library
+    gets it back as it was — on, or off if it had turned it off — after a load that succeeds, and
+    after one that fails."""
+    import gc
+
+    broken = book.parent / "broken"
+    shutil.copytree(book, broken)
+    (broken / "drugs" / "testdrug.yaml").write_text("drug: [unclosed\n", encoding="utf-8")
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        load_rulebook(book)
+        assert gc.isenabled() is enabled
+        with pytest.raises(RulebookError):
+            load_rulebook(broken)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
